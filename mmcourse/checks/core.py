@@ -309,6 +309,10 @@ def run_check(
     for case in cases:
         got = call_safely(student, *case.args, timeout=timeout, **case.kwargs)
         where = f" (case: {case.label})" if case.label else ""
+        if isinstance(got.error, NotImplementedError):
+            # An untouched blank: fail the cell with the student's own NotImplementedError, as
+            # nbgrader does, so "not attempted" is not reported as a wrong answer.
+            raise got.error
         if not got.ok:
             found = diagnose(student, case, [d for d in diagnoses if isinstance(d, Property)], rtol, atol, timeout)
             if found and not isinstance(got.error, NotImplementedError):

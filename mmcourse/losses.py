@@ -1,0 +1,241 @@
+"""The course's one loss module: InfoNCE, the symmetric CLIP loss, the SigLIP loss, and the
+alignment/uniformity diagnostics of Wang & Isola (2020).
+
+InfoNCE (one direction, cosine similarity, temperature τ)::
+
+    L = -1/N Σ_i log( exp(sim(z_i, z_i+)/τ) / Σ_j exp(sim(z_i, z_j+)/τ) )
+
+is a cross-entropy over the (N, N) matrix of logits `sim(z_i, z_j+)/τ` whose correct class
+for row i is column i (the labels are the diagonal), so it is written with `F.cross_entropy`,
+which uses log-sum-exp and stays finite at τ = 0.001 where `exp(1/τ)` overflows.
+
+How `info_nce` and `clip_loss` relate. `clip_loss` follows open_clip's `ClipLoss`: it takes
+embeddings that are *already* L2-normalised and a `logit_scale` that is *already*
+exponentiated (`logit_scale = 1/τ`), and averages the image→text and text→image
+cross-entropies. `info_nce` normalises its inputs and divides by τ itself, one direction only.
+Hence, for any a, b of shape (N, D) and τ > 0::
+
+    clip_loss(F.normalize(a, dim=-1), F.normalize(b, dim=-1), 1 / τ)
+        == (info_nce(a, b, τ) + info_nce(b, a, τ)) / 2
+
+(tested in `tests/test_losses.py`). At `logit_scale = 0` (τ → ∞) every logit is 0, the softmax
+is uniform and both losses equal log N: the loss of an untrained model with random embeddings
+is close to log N, and InfoNCE bounds the mutual information, I(X; Y) >= log N - L.
+
+Low-precision inputs (float16, bfloat16) are multiplied in their own dtype, then the logits
+are upcast to float32 for the log-softmax / log-sigmoid, as `torch.autocast` does; the loss is
+then returned in float32.
+
+Bad input raises `ValueError` naming the problem: 1-D input, empty batch, mismatched batch
+size N or embedding size D, NaN or inf, non-positive temperature, negative logit_scale.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+Scalar = float | torch.Tensor
+
+__all__ = ["info_nce", "clip_loss", "siglip_loss", "alignment", "uniformity", "ClipLoss", "SigLipLoss"]
+
+
+# ----------------------------------------------------------------------------- validation
+
+def _check_embeddings(x: torch.Tensor, name: str) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor of shape (N, D), got {type(x).__name__}")
+    if x.dim() != 2:
+        hint = " (a single vector? use x.unsqueeze(0) for a batch of one)" if x.dim() == 1 else ""
+        raise ValueError(f"{name} must be 2-D of shape (N, D), got {x.dim()}-D shape {tuple(x.shape)}{hint}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (N = 0): the loss of no pairs is undefined")
+    if x.shape[1] == 0:
+        raise ValueError(f"{name} has embedding size D = 0")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if not torch.isfinite(x).all():
+        bad = "NaN" if torch.isnan(x).any() else "inf"
+        raise ValueError(f"{name} contains {bad}: check the encoder output (a diverged model or a bad input)")
+
+
+def _check_pair(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> None:
+    _check_embeddings(a, name_a)
+    _check_embeddings(b, name_b)
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(f"mismatched batch size N: {name_a} has {a.shape[0]} rows, {name_b} has {b.shape[0]}; "
+                         "row i of each must be a positive pair")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"mismatched embedding size D: {name_a} has D = {a.shape[1]}, {name_b} has D = {b.shape[1]}")
+
+
+def _check_scalar(value: Scalar, name: str, allow_zero: bool) -> None:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a scalar, got a tensor of shape {tuple(value.shape)}")
+        v = float(value.detach())
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        v = float(value)
+    else:
+        raise ValueError(f"{name} must be a number or a scalar tensor, got {type(value).__name__}")
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {v}")
+    if v < 0 or (v == 0 and not allow_zero):
+        need = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be {need}, got {v:g}"
+                         + (" (did you pass the log of the scale? use model.logit_scale.exp())" if name == "logit_scale" else ""))
+
+
+def _upcast(logits: torch.Tensor) -> torch.Tensor:
+    # float16/bfloat16 logits lose digits in the log-softmax; float32 is what autocast uses.
+    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+
+
+# ----------------------------------------------------------------------------- losses
+
+def info_nce(z: torch.Tensor, z_pos: torch.Tensor, temperature: Scalar = 0.07) -> torch.Tensor:
+    """InfoNCE, one direction: each z_i must pick its positive z_i+ among all N candidates z_j+.
+
+    Args:
+        z: anchors, shape (N, D); need not be normalised (cosine similarity is used).
+        z_pos: positives, shape (N, D); row i is the positive of z[i], the other rows its
+            negatives.
+        temperature: τ > 0 (float or scalar tensor); small τ sharpens the softmax.
+
+    Returns:
+        The mean loss over the N anchors, a scalar tensor (float32 for float16/bfloat16 inputs).
+    """
+    _check_pair(z, z_pos, "z", "z_pos")
+    _check_scalar(temperature, "temperature", allow_zero=False)
+    z = F.normalize(z, dim=-1)  # (N, D)
+    z_pos = F.normalize(z_pos, dim=-1)  # (N, D)
+    logits = _upcast(z @ z_pos.T) / temperature  # (N, N): cosine similarity / τ
+    labels = torch.arange(z.shape[0], device=z.device)  # the positive of row i is column i
+    return F.cross_entropy(logits, labels)  # log-sum-exp inside: finite at τ = 0.001
+
+
+def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: Scalar,
+              output_dict: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
+    """The symmetric CLIP loss, as open_clip's `ClipLoss` computes it on one device.
+
+    Args:
+        image_emb: image embeddings, shape (N, D), expected L2-normalised (not normalised
+            here, as in open_clip).
+        text_emb: text embeddings, shape (N, D), expected L2-normalised; row i matches image i.
+        logit_scale: the *exponentiated* scale 1/τ >= 0 (e.g. `model.logit_scale.exp()`).
+            0 gives the chance-level loss log N.
+
+    Returns:
+        (cross_entropy(image→text) + cross_entropy(text→image)) / 2, a scalar tensor, or
+        `{"contrastive_loss": loss}` when `output_dict`.
+    """
+    _check_pair(image_emb, text_emb, "image_emb", "text_emb")
+    _check_scalar(logit_scale, "logit_scale", allow_zero=True)
+    logits_per_image = _upcast(logit_scale * image_emb @ text_emb.T)  # (N, N): row i = image i vs all texts
+    logits_per_text = logits_per_image.T  # (N, N): row i = text i vs all images
+    labels = torch.arange(image_emb.shape[0], device=image_emb.device)
+    loss = (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
+    return {"contrastive_loss": loss} if output_dict else loss
+
+
+def siglip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: Scalar, logit_bias: Scalar,
+                output_dict: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
+    """The sigmoid loss of SigLIP (Zhai et al., 2023), as open_clip's `SigLipLoss` on one device.
+
+    Every (image, text) pair is an independent binary problem: matching (diagonal, label +1)
+    or not (label -1); no softmax over the batch.
+
+    Args:
+        image_emb: (N, D), expected L2-normalised.
+        text_emb: (N, D), expected L2-normalised.
+        logit_scale: exponentiated scale >= 0 (SigLIP initialises it at 10).
+        logit_bias: a real bias added to every logit (SigLIP initialises it at -10).
+
+    Returns:
+        -Σ_ij log σ(label_ij · (logit_scale · x_i·y_j + logit_bias)) / N, a scalar tensor
+        (note: summed over the N² pairs, divided by N), or `{"contrastive_loss": loss}`.
+    """
+    _check_pair(image_emb, text_emb, "image_emb", "text_emb")
+    _check_scalar(logit_scale, "logit_scale", allow_zero=True)
+    if isinstance(logit_bias, bool) or not isinstance(logit_bias, (int, float, torch.Tensor)):
+        raise ValueError(f"logit_bias must be a number or a scalar tensor, got {type(logit_bias).__name__}")
+    if isinstance(logit_bias, torch.Tensor) and logit_bias.numel() != 1:
+        raise ValueError(f"logit_bias must be a scalar, got a tensor of shape {tuple(logit_bias.shape)}")
+    if not math.isfinite(float(logit_bias.detach() if isinstance(logit_bias, torch.Tensor) else logit_bias)):
+        raise ValueError(f"logit_bias must be finite, got {logit_bias}")
+    n = image_emb.shape[0]
+    logits = _upcast(logit_scale * image_emb @ text_emb.T + logit_bias)  # (N, N)
+    labels = 2 * torch.eye(n, device=logits.device, dtype=logits.dtype) - 1  # +1 diagonal, -1 elsewhere
+    loss = -F.logsigmoid(labels * logits).sum() / n  # logsigmoid is stable for large |logits|
+    return {"contrastive_loss": loss} if output_dict else loss
+
+
+# ----------------------------------------------------------------------------- diagnostics
+
+def _check_normalised(x: torch.Tensor, name: str) -> None:
+    tol = 1e-2 if x.dtype in (torch.float16, torch.bfloat16) else 1e-3
+    norms = x.detach().float().norm(dim=-1)
+    if (norms - 1).abs().max() > tol:
+        raise ValueError(f"{name} must be L2-normalised (row norms are {norms.min():.3g}..{norms.max():.3g}); "
+                         "use F.normalize(x, dim=-1)")
+
+
+def alignment(x: torch.Tensor, y: torch.Tensor, alpha: float = 2) -> torch.Tensor:
+    """Alignment (Wang & Isola, 2020): mean ||x_i - y_i||^alpha over positive pairs. Lower is better.
+
+    Args:
+        x, y: L2-normalised embeddings, shape (N, D); row i of each is a positive pair.
+        alpha: exponent > 0 (the paper uses 2).
+
+    Returns:
+        A scalar tensor in [0, 2**alpha]; 0 when every pair coincides.
+    """
+    _check_pair(x, y, "x", "y")
+    _check_normalised(x, "x")
+    _check_normalised(y, "y")
+    if not alpha > 0:
+        raise ValueError(f"alpha must be > 0, got {alpha}")
+    return (x - y).norm(p=2, dim=1).pow(alpha).mean()
+
+
+def uniformity(x: torch.Tensor, t: float = 2) -> torch.Tensor:
+    """Uniformity (Wang & Isola, 2020): log mean_{i<j} exp(-t ||x_i - x_j||²). Lower is more uniform.
+
+    Args:
+        x: L2-normalised embeddings, shape (N, D), N >= 2.
+        t: scale > 0 (the paper uses 2).
+
+    Returns:
+        A scalar tensor <= 0; 0 when all points coincide (collapse); about -4 for points
+        spread uniformly on the 2-sphere with t = 2.
+    """
+    _check_embeddings(x, "x")
+    _check_normalised(x, "x")
+    if x.shape[0] < 2:
+        raise ValueError(f"uniformity needs at least 2 points, got N = {x.shape[0]}")
+    if not t > 0:
+        raise ValueError(f"t must be > 0, got {t}")
+    sq_dists = torch.pdist(_upcast(x), p=2).pow(2)  # (N(N-1)/2,) one entry per pair i < j
+    return torch.logsumexp(-t * sq_dists, dim=0) - math.log(sq_dists.numel())  # log-mean-exp, stable
+
+
+# ----------------------------------------------------------------------------- modules
+
+class ClipLoss(nn.Module):
+    """`clip_loss` as a module with open_clip's call signature (single device only)."""
+
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: Scalar,
+                logit_bias: Scalar | None = None, output_dict: bool = False):
+        if logit_bias is not None:
+            raise ValueError("ClipLoss takes no logit_bias (that is SigLipLoss)")
+        return clip_loss(image_features, text_features, logit_scale, output_dict=output_dict)
+
+
+class SigLipLoss(nn.Module):
+    """`siglip_loss` as a module with open_clip's call signature (single device only)."""
+
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: Scalar,
+                logit_bias: Scalar, output_dict: bool = False):
+        return siglip_loss(image_features, text_features, logit_scale, logit_bias, output_dict=output_dict)

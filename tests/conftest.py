@@ -1,0 +1,18 @@
+"""Shared test setup: small thread counts and one model cache per test run."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Tests (and the notebook kernels they start, which inherit the environment) run two at a
+# time on two cores: one torch thread each avoids oversubscription.
+os.environ.setdefault("MMCOURSE_NUM_THREADS", "1")
+# Lessons 04-06 train a model once and cache it; keep that cache inside build/ so a test run
+# never reads a stale model from a learner's home directory.
+os.environ.setdefault("MMCOURSE_CACHE", str(ROOT / "build" / "cache"))
+os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

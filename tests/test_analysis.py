@@ -1,0 +1,131 @@
+"""mmcourse.analysis against naive loops and hand-computed values."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmcourse import analysis
+
+
+class LinearImage(torch.nn.Module):
+    """encode_image = a fixed linear map of the pixels."""
+
+    def __init__(self, shape=(1, 6, 5), dim=4, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.weight = torch.nn.Parameter(torch.randn(dim, torch.Size(shape).numel(), generator=g))
+
+    def encode_image(self, image, normalize=False):
+        x = image.flatten(1) @ self.weight.T
+        return F.normalize(x, dim=-1) if normalize else x
+
+
+# ------------------------------------------------------------------------- modality gap
+def test_modality_gap_by_hand():
+    img = torch.tensor([[3.0, 0.0], [0.0, 5.0]])  # normalised: (1,0), (0,1) -> centroid (.5,.5)
+    txt = torch.tensor([[-2.0, 0.0]])  # (-1, 0)
+    assert analysis.modality_gap(img, txt) == pytest.approx(((1.5) ** 2 + 0.5 ** 2) ** 0.5)
+    x = torch.randn(10, 3)
+    assert analysis.modality_gap(x, 7 * x) == pytest.approx(0.0, abs=1e-6)  # scale does not matter
+    assert analysis.modality_gap(torch.tensor([[1.0, 0.0]]), torch.tensor([[-1.0, 0.0]])) == pytest.approx(2.0)
+
+
+def test_modality_gap_errors():
+    with pytest.raises(ValueError, match="same embedding size"):
+        analysis.modality_gap(torch.randn(3, 4), torch.randn(3, 5))
+    with pytest.raises(ValueError, match="NaN"):
+        analysis.modality_gap(torch.randn(3, 4), torch.full((3, 4), float("nan")))
+
+
+# ---------------------------------------------------------------------------- occlusion
+def _naive_occlusion(model, image, text, patch, stride, baseline):
+    _, h, w = image.shape
+    cos = lambda im: F.cosine_similarity(model.encode_image(im[None])[0], text, dim=0)  # noqa: E731
+    ref = cos(image)
+    total, count = torch.zeros(h, w), torch.zeros(h, w)
+    ys = sorted(set(list(range(0, h - patch + 1, stride)) + [h - patch]))
+    xs = sorted(set(list(range(0, w - patch + 1, stride)) + [w - patch]))
+    for y in ys:
+        for x in xs:
+            occ = image.clone()
+            occ[:, y:y + patch, x:x + patch] = baseline
+            drop = ref - cos(occ)
+            for i in range(y, y + patch):
+                for j in range(x, x + patch):
+                    total[i, j] += drop
+                    count[i, j] += 1
+    return total / count
+
+
+@pytest.mark.parametrize("patch,stride,baseline", [(1, 1, 0.0), (2, 1, 0.0), (3, 2, -0.5), (2, 2, 0.3)])
+def test_occlusion_map_equals_naive_loop(patch, stride, baseline):
+    model = LinearImage()
+    g = torch.Generator().manual_seed(1)
+    image, text = torch.rand(1, 6, 5, generator=g), torch.randn(4, generator=g)
+    got = analysis.occlusion_map(model, image, text, patch_size=patch, stride=stride, baseline=baseline, batch_size=7)
+    assert got.shape == (6, 5)
+    torch.testing.assert_close(got, _naive_occlusion(model, image, text, patch, stride, baseline).detach())
+    assert got.abs().max() > 1e-3
+
+
+def test_occlusion_map_finds_the_pixels_the_model_reads():
+    model = LinearImage()
+    with torch.no_grad():
+        w = model.weight.view(4, 1, 6, 5)
+        w[:, :, :3, :] = 0  # the model ignores the top half
+    image = torch.rand(1, 6, 5)
+    heat = analysis.occlusion_map(model, image, torch.randn(4), patch_size=1)
+    assert heat[:3].abs().max() == 0
+    assert heat[3:].abs().max() > 0
+
+
+def test_occlusion_map_errors():
+    model = LinearImage()
+    with pytest.raises(ValueError, match=r"\(C, H, W\)"):
+        analysis.occlusion_map(model, torch.rand(1, 1, 6, 5), torch.randn(4))
+    with pytest.raises(ValueError, match="patch_size"):
+        analysis.occlusion_map(model, torch.rand(1, 6, 5), torch.randn(4), patch_size=7)
+
+
+# ---------------------------------------------------------------------- calibration
+def _naive_ece(probs, labels, n_bins):
+    n = len(labels)
+    total = 0.0
+    for b in range(n_bins):
+        lo, hi = b / n_bins, (b + 1) / n_bins
+        rows = [i for i in range(n) if lo < probs[i].max() <= hi or (b == 0 and probs[i].max() == 0)]
+        if rows:
+            acc = sum(int(probs[i].argmax() == labels[i]) for i in rows) / len(rows)
+            conf = sum(probs[i].max().item() for i in rows) / len(rows)
+            total += len(rows) / n * abs(acc - conf)
+    return total
+
+
+def test_ece_equals_naive_loop_and_hand_values():
+    g = torch.Generator().manual_seed(0)
+    probs = (3 * torch.randn(200, 5, generator=g)).softmax(-1)
+    labels = torch.randint(0, 5, (200,), generator=g)
+    assert analysis.expected_calibration_error(probs, labels, 10) == pytest.approx(_naive_ece(probs, labels, 10), abs=1e-6)
+    # Always 90% sure, right 3 times out of 4: |0.75 - 0.9| = 0.15.
+    p = torch.tensor([[0.9, 0.1]] * 4)
+    assert analysis.expected_calibration_error(p, torch.tensor([0, 0, 0, 1])) == pytest.approx(0.15)
+    with pytest.raises(ValueError, match="sum to 1"):
+        analysis.expected_calibration_error(torch.randn(4, 2), torch.zeros(4, dtype=torch.long))
+
+
+# -------------------------------------------------------------------------- similarity
+def test_image_text_similarity_is_cosine():
+    class Model(LinearImage):
+        def encode_text(self, input_ids, attention_mask=None, normalize=False):
+            return torch.stack([torch.tensor([1.0, i, 0.0, -i]) for i in input_ids[:, 0].tolist()])
+
+    tok = lambda texts: {"input_ids": torch.tensor([[len(t)] for t in texts])}  # noqa: E731
+    model = Model()
+    images = torch.rand(3, 1, 6, 5)
+    sims = analysis.image_text_similarity(model, tok, images, ["ab", "abcd"])
+    img = model.encode_image(images).detach()
+    for i in range(3):
+        for j, t in enumerate(["ab", "abcd"]):
+            txt = torch.tensor([1.0, len(t), 0.0, -len(t)])
+            assert sims[i, j] == pytest.approx(F.cosine_similarity(img[i], txt, dim=0).item(), abs=1e-6)

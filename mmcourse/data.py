@@ -1,0 +1,495 @@
+"""Offline image–caption datasets and the collate function that tokenizes their captions.
+
+Two datasets, both `torch.utils.data.Dataset`s whose items are dicts
+`{"image": (C, H, W) float in [0, 1], "caption": str, "label": int, "index": int}`:
+
+- `CaptionedDigits`: scikit-learn's bundled 8×8 handwritten digits (1,797 images, shipped
+  inside scikit-learn, no download) with captions from templates ("a handwritten 7.").
+  A fixed-seed stratified split gives train / val / test images; training captions use
+  `DIGIT_TEMPLATES_TRAIN`, val and test use `DIGIT_TEMPLATES_HELDOUT` by default, so
+  evaluation uses phrasings the model never saw.
+- `Shapes`: procedurally rendered 32×32 RGB scenes of one object (colour × shape × position ×
+  size) or two objects and their relation ("a red circle to the left of a blue square."),
+  with whole colour–shape combinations optionally held out of training to probe
+  compositional generalisation.
+
+`make_collate(tokenizer)` batches items into
+`{"image": (B, C, H, W), "input_ids": (B, L), "attention_mask": (B, L), "label": (B,),
+"index": (B,), "caption": list[str]}`; `digits_dataloaders` / `shapes_dataloaders` return
+ready (train, val, test) loaders.
+
+Everything is deterministic given `seed`. Training captions are drawn afresh each time an
+item is read (from torch's global generator, which `seed_everything` seeds), so a model sees
+many phrasings of each image; val and test captions are fixed per item.
+"""
+from __future__ import annotations
+
+import functools
+import gzip
+import itertools
+import importlib.util
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from . import zero_shot_metadata as meta
+
+SPLITS = ("train", "val", "test")
+_SPLIT_ID = {s: i for i, s in enumerate(SPLITS)}
+
+
+def _check_split(split: str) -> str:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}: choose one of {SPLITS}")
+    return split
+
+
+def _resolve_templates(templates, split: str, train: Sequence[str], heldout: Sequence[str],
+                       fields: Sequence[str]) -> tuple[str, ...]:
+    """"train" / "heldout" / None (train templates for the train split, held-out otherwise) /
+    an explicit sequence of format strings, each checked to contain `fields`."""
+    if templates is None:
+        templates = "train" if split == "train" else "heldout"
+    if isinstance(templates, str) and templates in ("train", "heldout"):
+        return tuple(train if templates == "train" else heldout)
+    if isinstance(templates, str):
+        raise ValueError(f"templates must be 'train', 'heldout' or a list of format strings, got {templates!r}")
+    templates = tuple(templates)
+    if not templates:
+        raise ValueError("templates is empty")
+    for t in templates:
+        if not isinstance(t, str) or not any(f in t for f in fields):
+            raise ValueError(f"template {t!r} has none of the fields {list(fields)}")
+    return templates
+
+
+# ------------------------------------------------------------------------------ digits
+@functools.lru_cache(maxsize=1)
+def load_digit_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled digits: images (1797, 8, 8) uint8 in 0..16 and labels (1797,).
+
+    Reads the CSV that ships inside scikit-learn (what `load_digits` reads) directly, which
+    skips importing `sklearn.datasets` (about a second); falls back to `load_digits`.
+    """
+    try:  # locate the file without importing sklearn.datasets
+        spec = importlib.util.find_spec("sklearn")
+        path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
+        with gzip.open(path, "rt") as f:
+            table = np.loadtxt(f, delimiter=",", dtype=np.float64)
+        images, labels = table[:, :-1].reshape(-1, 8, 8), table[:, -1]
+    except (OSError, ValueError, TypeError, AttributeError):  # pragma: no cover - unusual installs
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        images, labels = digits.images, digits.target
+    return images.astype(np.uint8), labels.astype(np.int64)
+
+
+def make_digits_splits(seed: int = 0, fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)) -> dict[str, np.ndarray]:
+    """Stratified split of the 1,797 digit images into train / val / test indices.
+
+    Each class is shuffled with `seed` and cut by `fractions`, so every split has (nearly)
+    the same class balance; the splits are disjoint and cover all images.
+
+    Args:
+        seed: the split's seed (the same seed always gives the same split).
+        fractions: (train, val, test) fractions, positive, summing to 1.
+
+    Returns:
+        `{"train": (N_train,), "val": (N_val,), "test": (N_test,)}` sorted int64 index arrays
+        (1259 / 179 / 359 images for the default fractions).
+    """
+    if len(fractions) != 3 or min(fractions) <= 0 or abs(sum(fractions) - 1) > 1e-6:
+        raise ValueError(f"fractions must be three positive numbers summing to 1, got {fractions}")
+    _, labels = load_digit_arrays()
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
+    for c in range(10):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n_val = int(round(fractions[1] * len(idx)))
+        n_test = int(round(fractions[2] * len(idx)))
+        parts["val"].append(idx[:n_val])
+        parts["test"].append(idx[n_val:n_val + n_test])
+        parts["train"].append(idx[n_val + n_test:])
+    return {s: np.sort(np.concatenate(p)) for s, p in parts.items()}
+
+
+def digit_augmentation(image_size: int = 8) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A mild `torchvision.transforms.v2` augmentation for digits: ±10° rotation, ±1/8 shift,
+    ±10% scale. Off by default: at 8×8 the training budget of the course is better spent on
+    more epochs (measure it in an exercise)."""
+    from torchvision.transforms import v2
+
+    return v2.RandomAffine(degrees=10, translate=(0.125, 0.125), scale=(0.9, 1.1))
+
+
+class CaptionedDigits(Dataset):
+    """Handwritten digits with template captions.
+
+    Args:
+        split: "train", "val" or "test".
+        seed: seed of the image split (and of the fixed captions of val/test).
+        templates: "train", "heldout", a list of `{}` format strings, or None: training
+            templates for the train split, held-out templates for val and test.
+        image_size: side of the square images; 8 keeps the original pixels (fastest),
+            larger sizes upsample bilinearly (e.g. 16 for a ViT with 4×4 patches).
+        numerals: if True, half the captions use the numeral ("a handwritten 7.") instead of
+            the word ("a handwritten seven.").
+        random_captions: draw a new caption on every read (default: True for train only).
+        augment: apply `digit_augmentation` to training reads.
+        fractions: train / val / test fractions of the split.
+
+    Attributes:
+        images: (N, 1, H, W) float in [0, 1]; labels: (N,) long; indices: (N,) positions in
+        `load_digits`; classnames: `DIGIT_CLASSNAMES`; templates: the templates in use.
+    """
+
+    classnames = meta.DIGIT_CLASSNAMES
+
+    def __init__(self, split: str = "train", seed: int = 0, templates=None, image_size: int = 8,
+                 numerals: bool = True, random_captions: bool | None = None, augment: bool = False,
+                 fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)):
+        self.split = _check_split(split)
+        if not isinstance(image_size, int) or image_size < 8:
+            raise ValueError(f"image_size must be an int >= 8, got {image_size!r}")
+        self.templates = _resolve_templates(templates, split, meta.DIGIT_TEMPLATES_TRAIN,
+                                            meta.DIGIT_TEMPLATES_HELDOUT, fields=("{}",))
+        self.seed, self.image_size, self.numerals = seed, image_size, numerals
+        self.random_captions = split == "train" if random_captions is None else random_captions
+        images, labels = load_digit_arrays()
+        self.indices = torch.from_numpy(make_digits_splits(seed, fractions)[split])
+        x = torch.from_numpy(images[self.indices.numpy()]).float().div(16.0).unsqueeze(1)  # (N, 1, 8, 8)
+        if image_size != 8:
+            x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False).clamp(0, 1)
+        self.images = x  # (N, 1, H, W)
+        self.labels = torch.from_numpy(labels[self.indices.numpy()])  # (N,)
+        self.augment = digit_augmentation(image_size) if augment else None
+        # Fixed (template, form) choice per item, used when captions are not random.
+        rng = np.random.default_rng([seed, _SPLIT_ID[split], 1])
+        self._fixed_template = rng.integers(len(self.templates), size=len(self))
+        self._fixed_numeral = rng.random(len(self)) < 0.5 if numerals else np.zeros(len(self), bool)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def caption(self, i: int, template: int, numeral: bool) -> str:
+        """The caption of item `i` with template number `template`."""
+        label = int(self.labels[i])
+        name = meta.DIGIT_NUMERALS[label] if numeral else meta.DIGIT_CLASSNAMES[label]
+        return self.templates[template].format(name)
+
+    def __getitem__(self, i: int) -> dict:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} items")
+        i = int(i) % len(self)
+        if self.random_captions:
+            template = int(torch.randint(len(self.templates), ()))
+            numeral = self.numerals and bool(torch.rand(()) < 0.5)
+        else:
+            template, numeral = int(self._fixed_template[i]), bool(self._fixed_numeral[i])
+        image = self.images[i]
+        if self.augment is not None and self.split == "train":
+            image = self.augment(image)
+        return {"image": image, "caption": self.caption(i, template, numeral), "label": int(self.labels[i]), "index": i}
+
+    def __repr__(self) -> str:
+        return (f"CaptionedDigits(split={self.split!r}, n={len(self)}, image_size={self.image_size}, "
+                f"templates={len(self.templates)}, random_captions={self.random_captions})")
+
+
+# ------------------------------------------------------------------------------ shapes
+def _sdf(shape: str, dx: torch.Tensor, dy: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """Signed distance (pixels, negative inside) of a shape of radius `r` centred at the origin."""
+    if shape == "circle":
+        return torch.sqrt(dx**2 + dy**2) - r
+    if shape == "square":
+        return torch.maximum(dx.abs(), dy.abs()) - 0.8 * r  # same area as the circle, roughly
+    if shape == "triangle":  # apex up at (0, -R), base corners (±R, 0.7R): inside all three half-planes
+        R = 1.2 * r
+        base = dy - 0.7 * R
+        sides = (1.7 * dx.abs() - (dy + R)) / 1.972  # distance to the slanted edges (unit normal)
+        return torch.maximum(base, sides)
+    if shape == "cross":
+        t = 0.33 * r
+        bar_h = torch.maximum(dx.abs() - r, dy.abs() - t)
+        bar_v = torch.maximum(dx.abs() - t, dy.abs() - r)
+        return torch.minimum(bar_h, bar_v)
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+def render_objects(shape_idx: torch.Tensor, colour_idx: torch.Tensor, centre: torch.Tensor, radius: torch.Tensor,
+                   image_size: int = 32, canvas: torch.Tensor | None = None) -> torch.Tensor:
+    """Paint one object on each of N images, anti-aliased from signed distances.
+
+    Args:
+        shape_idx, colour_idx: (N,) indices into `SHAPE_NAMES` / `COLOUR_NAMES`.
+        centre: (N, 2) centres (x, y) in pixels; radius: (N,) radii in pixels.
+        image_size: side S of the images.
+        canvas: (N, 3, S, S) images to paint on (black if None).
+
+    Returns:
+        (N, 3, S, S) float images in [0, 1].
+    """
+    n = len(shape_idx)
+    coords = torch.arange(image_size, dtype=torch.float32) + 0.5  # pixel centres
+    alpha = torch.empty(n, image_size, image_size)
+    for k, name in enumerate(meta.SHAPE_NAMES):
+        sel = torch.nonzero(shape_idx == k).flatten()
+        if len(sel):
+            dx = coords.view(1, 1, -1) - centre[sel, 0].view(-1, 1, 1)  # (n_k, 1, S)
+            dy = coords.view(1, -1, 1) - centre[sel, 1].view(-1, 1, 1)  # (n_k, S, 1)
+            alpha[sel] = (0.5 - _sdf(name, dx, dy, radius[sel].view(-1, 1, 1))).clamp_(0, 1)  # 1-pixel soft edge
+    rgb = torch.tensor([meta.COLOUR_RGB[c] for c in meta.COLOUR_NAMES])[colour_idx]  # (N, 3)
+    alpha = alpha.unsqueeze(1)  # (N, 1, S, S)
+    painted = rgb.view(n, 3, 1, 1) * alpha  # (N, 3, S, S)
+    return painted if canvas is None else canvas * (1 - alpha) + painted
+
+
+def _parse_holdout(holdout) -> tuple[tuple[str, str], ...]:
+    out = []
+    for item in holdout or ():
+        pair = tuple(item.split()) if isinstance(item, str) else tuple(item)
+        if len(pair) != 2:
+            raise ValueError(f"holdout items are (colour, shape) pairs or strings like 'red circle', got {item!r}")
+        colour, shape = pair
+        if colour not in meta.COLOUR_NAMES:
+            raise ValueError(f"holdout {item!r}: unknown colour {colour!r}; colours are {meta.COLOUR_NAMES}")
+        if shape not in meta.SHAPE_NAMES:
+            raise ValueError(f"holdout {item!r}: unknown shape {shape!r}; shapes are {meta.SHAPE_NAMES}")
+        out.append((colour, shape))
+    if len(set(out)) == len(meta.COLOUR_NAMES) * len(meta.SHAPE_NAMES):
+        raise ValueError("holdout removes every colour–shape combination: nothing left to train on")
+    return tuple(dict.fromkeys(out))
+
+
+SHAPES_CLASSNAMES = tuple(f"{c} {s}" for c, s in itertools.product(meta.COLOUR_NAMES, meta.SHAPE_NAMES))
+_CORNERS = ("top left", "top right", "bottom left", "bottom right")
+
+
+class Shapes(Dataset):
+    """Procedurally rendered scenes with compositional captions.
+
+    One object: "a small red circle in the top left." Two objects (`two_objects=True`), placed
+    in two different corners: "a red circle to the left of a large blue square." (the caption's
+    relation is always true of the image).
+
+    Args:
+        split: "train", "val" or "test" (each split draws its own scenes from `seed`).
+        n: number of scenes (default 5000 / 1000 / 2000 for train / val / test).
+        seed: seed of the scenes and of the fixed captions.
+        holdout: colour–shape combinations never shown in train or val, as pairs
+            `("red", "circle")` or strings `"red circle"`; the test split contains every
+            combination (in two-object scenes, in either object), so accuracy on held-out
+            combinations measures compositional generalisation.
+        two_objects: two objects and their spatial relation instead of one object.
+        templates: "train", "heldout", a list of format strings, or None (training templates
+            for train, held-out ones for val and test).
+        random_captions: draw a new caption on every read (default: True for train only).
+        image_size: side of the square RGB images (32 by default; >= 16).
+
+    Attributes:
+        images: (N, 3, S, S) float in [0, 1].
+        labels: (N,) index of the (first) object's "colour shape" in `classnames`.
+        colour, shape, position, size: (N,) indices into `COLOUR_NAMES`, `SHAPE_NAMES`,
+            `POSITION_NAMES`, `SIZE_NAMES` (first object); with two objects also `colour2`,
+            `shape2`, `position2`, `size2` and `relation` (index into `RELATION_NAMES`).
+        classnames: `SHAPES_CLASSNAMES` ("red circle", ... colour-major); `attributes(i)` gives
+        the names of item i's attributes.
+    """
+
+    classnames = SHAPES_CLASSNAMES
+    default_sizes = {"train": 5000, "val": 1000, "test": 2000}
+
+    def __init__(self, split: str = "train", n: int | None = None, seed: int = 0, holdout=(),
+                 two_objects: bool = False, templates=None, random_captions: bool | None = None,
+                 image_size: int = 32):
+        self.split = _check_split(split)
+        self.n = self.default_sizes[split] if n is None else n
+        if not isinstance(self.n, int) or self.n < 1:
+            raise ValueError(f"n must be a positive int, got {n!r}")
+        if not isinstance(image_size, int) or image_size < 16:
+            raise ValueError(f"image_size must be an int >= 16, got {image_size!r}")
+        self.holdout = _parse_holdout(holdout)
+        self.seed, self.two_objects, self.image_size = seed, two_objects, image_size
+        if two_objects:
+            self.templates = _resolve_templates(templates, split, meta.SHAPES_PAIR_TEMPLATES_TRAIN,
+                                                meta.SHAPES_PAIR_TEMPLATES_HELDOUT, ("{first}", "{second}"))
+        else:
+            self.templates = _resolve_templates(templates, split, meta.SHAPES_TEMPLATES_TRAIN,
+                                                meta.SHAPES_TEMPLATES_HELDOUT, ("{colour}", "{shape}"))
+        self.random_captions = split == "train" if random_captions is None else random_captions
+        rng = np.random.default_rng([seed, _SPLIT_ID[split], 2 + int(two_objects)])
+        self._sample(rng)
+        self._fixed_template = rng.integers(len(self.templates), size=self.n)
+        self._fixed_mention = rng.random((self.n, 2)) < 0.5  # two objects: say the size or not
+
+    # -- sampling and rendering
+    def _allowed_combos(self) -> np.ndarray:
+        combos = [(ci, si) for ci, c in enumerate(meta.COLOUR_NAMES) for si, s in enumerate(meta.SHAPE_NAMES)
+                  if self.split == "test" or (c, s) not in self.holdout]
+        return np.array(combos)  # (K, 2) colour, shape
+
+    def _sample(self, rng: np.random.Generator) -> None:
+        n, S = self.n, self.image_size
+        combos = self._allowed_combos()
+        pick = rng.integers(len(combos), size=n)
+        self.colour, self.shape = torch.from_numpy(combos[pick, 0]), torch.from_numpy(combos[pick, 1])
+        self.size = torch.from_numpy(rng.integers(len(meta.SIZE_NAMES), size=n))
+        if not self.two_objects:
+            self.position = torch.from_numpy(rng.integers(len(meta.POSITION_NAMES), size=n))
+        else:
+            # Second object: a different colour–shape combination, in a different corner.
+            shift = rng.integers(1, len(combos), size=n)
+            pick2 = (pick + shift) % len(combos)
+            self.colour2, self.shape2 = torch.from_numpy(combos[pick2, 0]), torch.from_numpy(combos[pick2, 1])
+            self.size2 = torch.from_numpy(rng.integers(len(meta.SIZE_NAMES), size=n))
+            corner = rng.integers(4, size=n)
+            corner2 = (corner + rng.integers(1, 4, size=n)) % 4
+            pos_index = {p: i for i, p in enumerate(meta.POSITION_NAMES)}
+            self.position = torch.tensor([pos_index[_CORNERS[c]] for c in corner])
+            self.position2 = torch.tensor([pos_index[_CORNERS[c]] for c in corner2])
+            self.relation = torch.from_numpy(self._relations(corner, corner2, rng))
+        self.labels = self.colour * len(meta.SHAPE_NAMES) + self.shape  # (N,)
+        self.images = self._render(rng, S)
+
+    @staticmethod
+    def _relations(corner: np.ndarray, corner2: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        # corners: 0 top left, 1 top right, 2 bottom left, 3 bottom right -> column, row
+        col, row, col2, row2 = corner % 2, corner // 2, corner2 % 2, corner2 // 2
+        horizontal = np.where(col < col2, 0, 1)  # "to the left of" / "to the right of"
+        vertical = np.where(row < row2, 2, 3)  # "above" / "below"
+        diagonal = (col != col2) & (row != row2)
+        use_h = np.where(diagonal, rng.random(len(corner)) < 0.5, col != col2)
+        return np.where(use_h, horizontal, vertical).astype(np.int64)
+
+    def _render(self, rng: np.random.Generator, S: int) -> torch.Tensor:
+        centres = torch.tensor(list(meta.POSITION_CENTRES.values()))  # (P, 2) fractions
+        radii = torch.tensor(list(meta.SIZE_RADII.values()))  # (sizes,)
+
+        def place(position, size):
+            jitter = torch.from_numpy(rng.uniform(-0.04, 0.04, size=(self.n, 2))).float()
+            return (centres[position] + jitter) * S, radii[size] * S
+
+        c, r = place(self.position, self.size)
+        images = render_objects(self.shape, self.colour, c, r, S)
+        if self.two_objects:
+            c2, r2 = place(self.position2, self.size2)
+            images = render_objects(self.shape2, self.colour2, c2, r2, S, canvas=images)
+        return images.clamp(0, 1)
+
+    # -- captions
+    def attributes(self, i: int) -> dict[str, str]:
+        """Names of item i's attributes: colour, shape, position, size (+ colour2, shape2,
+        position2, size2, relation for two objects)."""
+        out = {"colour": meta.COLOUR_NAMES[self.colour[i]], "shape": meta.SHAPE_NAMES[self.shape[i]],
+               "position": meta.POSITION_NAMES[self.position[i]], "size": meta.SIZE_NAMES[self.size[i]]}
+        if self.two_objects:
+            out.update(colour2=meta.COLOUR_NAMES[self.colour2[i]], shape2=meta.SHAPE_NAMES[self.shape2[i]],
+                       position2=meta.POSITION_NAMES[self.position2[i]], size2=meta.SIZE_NAMES[self.size2[i]],
+                       relation=meta.RELATION_NAMES[self.relation[i]])
+        return out
+
+    def caption(self, i: int, template: int, mention_size: tuple[bool, bool] = (True, True)) -> str:
+        """Item i's caption with template number `template`; for two objects, `mention_size`
+        says whether each object's phrase includes its size."""
+        a = self.attributes(i)
+        if not self.two_objects:
+            return self.templates[template].format(**a)
+
+        def phrase(colour, shape, size, say_size):
+            return f"{size} {colour} {shape}" if say_size else f"{colour} {shape}"
+
+        return self.templates[template].format(
+            first=phrase(a["colour"], a["shape"], a["size"], mention_size[0]), relation=a["relation"],
+            second=phrase(a["colour2"], a["shape2"], a["size2"], mention_size[1]))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        if not -self.n <= i < self.n:
+            raise IndexError(f"index {i} out of range for {self.n} items")
+        i = int(i) % self.n
+        if self.random_captions:
+            template = int(torch.randint(len(self.templates), ()))
+            mention = tuple(bool(b) for b in (torch.rand(2) < 0.5))
+        else:
+            template, mention = int(self._fixed_template[i]), tuple(bool(b) for b in self._fixed_mention[i])
+        return {"image": self.images[i], "caption": self.caption(i, template, mention),
+                "label": int(self.labels[i]), "index": i}
+
+    def __repr__(self) -> str:
+        return (f"Shapes(split={self.split!r}, n={self.n}, two_objects={self.two_objects}, "
+                f"holdout={list(self.holdout)}, image_size={self.image_size})")
+
+
+# ------------------------------------------------------------------------------ batching
+def make_collate(tokenizer: Callable[[list[str]], dict[str, torch.Tensor]]) -> Callable[[list[dict]], dict]:
+    """A `DataLoader` collate function that stacks images and tokenizes captions.
+
+    Args:
+        tokenizer: callable `tokenizer(list[str]) -> {"input_ids": (B, L), "attention_mask": (B, L)}`
+            (e.g. `mmcourse.tokenizer.default_tokenizer()`).
+
+    Returns:
+        `collate(items) -> {"image": (B, C, H, W) float, "input_ids": (B, L) long,
+        "attention_mask": (B, L) long, "label": (B,) long, "index": (B,) long, "caption": list[str]}`.
+    """
+    if not callable(tokenizer):
+        raise ValueError(f"tokenizer must be callable, got {type(tokenizer).__name__}")
+
+    def collate(items: list[dict]) -> dict:
+        if not items:
+            raise ValueError("cannot collate an empty batch")
+        captions = [it["caption"] for it in items]
+        tokens = tokenizer(captions)
+        return {
+            "image": torch.stack([it["image"] for it in items]),  # (B, C, H, W)
+            "input_ids": tokens["input_ids"],  # (B, L)
+            "attention_mask": tokens["attention_mask"],  # (B, L)
+            "label": torch.tensor([it["label"] for it in items], dtype=torch.long),  # (B,)
+            "index": torch.tensor([it["index"] for it in items], dtype=torch.long),  # (B,)
+            "caption": captions,
+        }
+
+    return collate
+
+
+def _loaders(datasets: dict[str, Dataset], tokenizer, batch_size: int, seed: int, num_workers: int):
+    if tokenizer is None:
+        from .tokenizer import default_tokenizer
+
+        tokenizer = default_tokenizer()
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    collate = make_collate(tokenizer)
+    return tuple(
+        DataLoader(ds, batch_size=batch_size, shuffle=(split == "train"), collate_fn=collate,
+                   num_workers=num_workers, generator=torch.Generator().manual_seed(seed) if split == "train" else None)
+        for split, ds in datasets.items())
+
+
+def digits_dataloaders(tokenizer=None, batch_size: int = 256, seed: int = 0, num_workers: int = 0,
+                       **dataset_kwargs) -> tuple[DataLoader, DataLoader, DataLoader]:
+    """(train, val, test) loaders over `CaptionedDigits`; train is shuffled with `seed`.
+
+    Args:
+        tokenizer: defaults to `default_tokenizer()`.
+        batch_size: B.
+        seed: seed of the split and of the shuffling.
+        num_workers: `DataLoader` workers (0 is fastest for these small in-memory sets).
+        **dataset_kwargs: passed to every `CaptionedDigits` (e.g. `image_size=16`, `augment=True`).
+    """
+    sets = {s: CaptionedDigits(s, seed=seed, **dataset_kwargs) for s in SPLITS}
+    return _loaders(sets, tokenizer, batch_size, seed, num_workers)
+
+
+def shapes_dataloaders(tokenizer=None, batch_size: int = 256, seed: int = 0, num_workers: int = 0,
+                       **dataset_kwargs) -> tuple[DataLoader, DataLoader, DataLoader]:
+    """(train, val, test) loaders over `Shapes` (e.g. `holdout=["red circle"]`, `two_objects=True`)."""
+    sets = {s: Shapes(s, seed=seed, **dataset_kwargs) for s in SPLITS}
+    return _loaders(sets, tokenizer, batch_size, seed, num_workers)

@@ -1,55 +1,128 @@
 """The framework behind every exercise check: run the student's code safely, compare with
 the reference, and when it differs, name the likely misconception.
 
-A check is declared, not hand-written::
+A check is a small function that calls `run_check` (or `check_value` for a value)::
 
-    check_info_nce = make_check(
-        name="info_nce",
-        reference=losses.info_nce,
-        cases=[Case(args=(z, z_pos), kwargs={"temperature": 0.1}, label="N=8, D=4, τ=0.1")],
-        diagnoses=[
-            Variant(wrong=lambda z, p, temperature: ..., message="temperature multiplied instead of divided",
-                    hint="logits are similarities / τ"),
-            Property(test=lambda fn: not torch.isfinite(fn(z_big, z_big, temperature=0.01)),
-                     message="not stable at τ=0.01", hint="use torch.logsumexp or F.cross_entropy"),
-        ],
-        success="matches the reference on {n} cases, including τ=0.01 and a batch of 1",
-    )
+    def check_info_nce(student_fn):
+        z, z_pos = torch.randn(8, 4), torch.randn(8, 4)
+        return run_check(
+            "info_nce", student_fn, reference=losses.info_nce,
+            cases=[Case(args=(z, z_pos), kwargs={"temperature": 0.1}, label="N=8, D=4, τ=0.1")],
+            diagnoses=[
+                Variant(wrong=lambda z, p, temperature: ..., message="temperature multiplied instead of divided",
+                        hint="logits are similarities / τ"),
+                Property(test=lambda fn: not torch.isfinite(fn(z_big, z_big, temperature=0.01)),
+                         message="not stable at τ=0.01", hint="use torch.logsumexp or F.cross_entropy"),
+            ],
+            success="matches the reference on {n} cases, including τ=0.01 and a batch of 1",
+        )
 
-Calling `check_info_nce(student_fn)` prints one line and returns a `CheckResult` when the
-answer is right; when it is wrong it raises `CheckFailed` whose message is one sentence and a
-hint (shown without a traceback in Jupyter). Every result is also published as a
-`application/vnd.mmcourse.check+json` display so the grader can read it from an executed
-notebook.
+(`make_check(name, reference, cases, ...)` builds the same function in one expression.)
+
+Calling `check_info_nce(student_fn)` shows one line saying what was verified and returns a
+`CheckResult` when the answer is right; when it is wrong it raises `CheckFailed` whose message
+is one sentence and a hint (shown without a traceback in Jupyter). An untouched blank re-raises
+the student's own `NotImplementedError`, as nbgrader does.
+
+Student code is called through `call_safely`: its inputs are copies (it cannot change the
+caller's tensors), its printing is captured (a `print` in a loop does not flood the notebook),
+it runs under a time limit (an infinite loop is reported, not waited for), and whatever it
+raises is caught and described. A wrong type, a wrong shape, NaN or a value off by a known
+mistake each get their own sentence.
+
+Every passing result is published as a display with the mimetype
+`application/vnd.mmcourse.check+json` so the grader can read it from an executed notebook; a
+failure is the `CheckFailed` error output of the cell. `torch` is only touched when a check
+uses tensors, so importing this module is cheap.
 """
 from __future__ import annotations
 
 import contextlib
+import copy
+import inspect
+import io
+import math
+import os
 import signal
+import sys
 import threading
+import time
 import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-import torch
-
 CHECK_MIMETYPE = "application/vnd.mmcourse.check+json"
-DEFAULT_TIMEOUT = 10.0  # seconds one call to student code may take
+# Seconds one call of student code may take. The grader lowers it through the environment.
+DEFAULT_TIMEOUT = float(os.environ.get("MMCOURSE_CHECK_TIMEOUT", "10"))
+MAX_CAPTURED_CHARS = 10_000  # what we keep of the student's printing during a check
+_MAX_MESSAGE_CHARS = 300  # an error message quoted in a sentence is cut here
+
+# Frames from these files are not the student's: a traceback points at the student's line.
+_NOT_STUDENT_PATHS = tuple(
+    p + os.sep for p in {os.path.dirname(os.path.dirname(os.path.abspath(__file__))),  # mmcourse/
+                         sys.prefix, sys.base_prefix, os.path.dirname(os.__file__)} if p
+)
+
+
+def _torch():
+    """The torch module if it is loaded, else None. A value can only be a tensor if torch has
+    been imported, so the framework never pays for importing it."""
+    return sys.modules.get("torch")
+
+
+def _is_tensor(x: Any) -> bool:
+    torch = _torch()
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def _is_ndarray(x: Any) -> bool:
+    np = sys.modules.get("numpy")
+    return np is not None and isinstance(x, np.ndarray)
+
+
+def _short(text: str, limit: int = _MAX_MESSAGE_CHARS) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _describe_type(x: Any) -> str:
+    if x is None:
+        return "None"
+    if _is_tensor(x):
+        return f"a tensor of shape {tuple(x.shape)}"
+    if inspect.isfunction(x) or inspect.ismethod(x) or inspect.isbuiltin(x):
+        return "a function"
+    return type(x).__name__
+
+
+def _safe_repr(x: Any, limit: int = 60) -> str:
+    try:
+        return _short(repr(x), limit)
+    except Exception:  # noqa: BLE001 - a student object's __repr__ may raise
+        return f"<{type(x).__name__}>"
 
 
 class CheckFailed(AssertionError):
     """A check found a mistake. The message says what is wrong and how to fix it."""
 
-    def __init__(self, result: "CheckResult"):
+    def __init__(self, result: "CheckResult | str"):
+        if isinstance(result, str):  # e.g. when unpickled
+            result = CheckResult("check", False, result)
         super().__init__(result.text())
         self.result = result
 
+    def __reduce__(self):
+        return (CheckFailed, (self.result,))
+
     def _render_traceback_(self) -> list[str]:  # IPython: show the message, not a traceback
-        return ["\x1b[31m✗ " + self.result.text().replace("\n", "\n  ") + "\x1b[0m"]
+        return ["\x1b[31m" + self.result.text() + "\x1b[0m"]
 
 
-class StudentTimeout(Exception):
-    """Student code ran longer than the check allows (likely an infinite loop)."""
+class StudentTimeout(BaseException):
+    """Student code ran longer than the check allows (likely an infinite loop).
+
+    A `BaseException`, so a student's `except Exception:` cannot swallow it.
+    """
 
 
 @dataclass
@@ -108,15 +181,21 @@ class Property:
 Diagnosis = Variant | Property
 
 
+# --------------------------------------------------------------------------- time limit
+
+
 @contextlib.contextmanager
 def time_limit(seconds: float | None):
     """Raise `StudentTimeout` if the body runs longer than `seconds`.
 
     Uses SIGALRM, so it works in the main thread on Unix (where Jupyter runs cells); elsewhere
-    it does not limit time rather than fail.
+    it does not limit time rather than fail. Nests: an inner limit never extends an outer one,
+    and the outer one is re-armed when the inner one ends. Once expired, the alarm repeats
+    every 0.1 s, so a bare `except:` in a student's loop cannot hold it off.
     """
     usable = (
         seconds is not None
+        and seconds > 0
         and hasattr(signal, "setitimer")
         and threading.current_thread() is threading.main_thread()
     )
@@ -124,16 +203,56 @@ def time_limit(seconds: float | None):
         yield
         return
 
+    start = time.monotonic()
+    outer_remaining, _ = signal.getitimer(signal.ITIMER_REAL)
+    limit = min(seconds, outer_remaining) if outer_remaining > 0 else seconds
+    active = [True]
+
     def _raise(signum, frame):
-        raise StudentTimeout(f"took longer than {seconds:g} s")
+        if active[0]:
+            raise StudentTimeout(f"took longer than {seconds:g} s")
 
     previous = signal.signal(signal.SIGALRM, _raise)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    signal.setitimer(signal.ITIMER_REAL, limit, 0.1)
     try:
         yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        while True:  # a late alarm may interrupt the clean-up itself: then do it again
+            try:
+                active[0] = False
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                signal.signal(signal.SIGALRM, previous)
+                break
+            except StudentTimeout:
+                continue
+        if outer_remaining > 0:  # give the enclosing limit back what is left of it
+            left = outer_remaining - (time.monotonic() - start)
+            signal.setitimer(signal.ITIMER_REAL, max(left, 1e-3), 0.1)
+
+
+# --------------------------------------------------------------------------- calling student code
+
+
+class _Capture(io.TextIOBase):
+    """A text stream that keeps the first `limit` characters and counts the rest."""
+
+    def __init__(self, limit: int = MAX_CAPTURED_CHARS):
+        self.limit, self.parts, self.kept, self.total = limit, [], 0, 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        s = str(s)
+        self.total += len(s)
+        if self.kept < self.limit:
+            piece = s[: self.limit - self.kept]
+            self.parts.append(piece)
+            self.kept += len(piece)
+        return len(s)
+
+    def getvalue(self) -> str:
+        return "".join(self.parts)
 
 
 @dataclass
@@ -142,6 +261,10 @@ class Outcome:
 
     value: Any = None
     error: BaseException | None = None
+    output: str = ""  # what the call printed (first MAX_CAPTURED_CHARS characters)
+    output_chars: int = 0  # how much it printed in total
+    mutated: list[str] = field(default_factory=list)  # names of inputs it changed in place
+    seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -149,84 +272,226 @@ class Outcome:
 
     def describe_error(self) -> str:
         err = self.error
+        if err is None:
+            return "no error"
         if isinstance(err, StudentTimeout):
             return f"your code did not finish: it {err} (an infinite loop?)"
         if isinstance(err, NotImplementedError):
             return "not implemented yet: replace `raise NotImplementedError()` with your code"
-        tb = traceback.extract_tb(err.__traceback__) if err is not None else []
-        where = f" (line {tb[-1].lineno}: `{tb[-1].line}`)" if tb and tb[-1].line else ""
-        return f"your code raised {type(err).__name__}: {err}{where}"
+        if isinstance(err, RecursionError):
+            return "your code called itself without end (RecursionError)"
+        where = _student_line(err)
+        text = _short(str(err))
+        return f"your code raised {type(err).__name__}" + (f": {text}" if text else "") + where
 
 
-def call_safely(fn: Callable[..., Any], *args, timeout: float | None = DEFAULT_TIMEOUT, **kwargs) -> Outcome:
-    """Call student code; never raise. Inputs are cloned so the student cannot modify them."""
-    args = tuple(_clone(a) for a in args)
-    kwargs = {k: _clone(v) for k, v in kwargs.items()}
-    try:
-        with time_limit(timeout):
-            return Outcome(value=fn(*args, **kwargs))
-    except KeyboardInterrupt:
-        raise
-    except BaseException as err:  # noqa: BLE001 - student code may raise anything, even SystemExit
-        return Outcome(error=err)
+def _student_line(err: BaseException) -> str:
+    """" (line N: `code`)" for the last traceback frame in the student's code, or ""."""
+    frames = traceback.extract_tb(err.__traceback__)
+    for frame in reversed(frames):
+        path = os.path.abspath(frame.filename) if not frame.filename.startswith("<") else frame.filename
+        if path.startswith(_NOT_STUDENT_PATHS):
+            continue
+        return f" (line {frame.lineno}: `{_short(frame.line, 80)}`)" if frame.line else f" (line {frame.lineno})"
+    return ""
 
 
 def _clone(x: Any) -> Any:
-    if isinstance(x, torch.Tensor):
+    """A copy of `x` the student may change freely: tensors, arrays, containers and modules."""
+    if _is_tensor(x):
         return x.detach().clone().requires_grad_(x.requires_grad)
+    if _is_ndarray(x):
+        return x.copy()
+    if isinstance(x, list):
+        return [_clone(v) for v in x]
+    if isinstance(x, tuple):
+        items = [_clone(v) for v in x]
+        return type(x)(*items) if hasattr(x, "_fields") else tuple(items)
+    if isinstance(x, dict):
+        return type(x)({k: _clone(v) for k, v in x.items()}) if type(x) is dict else {k: _clone(v) for k, v in x.items()}
+    torch = _torch()
+    if torch is not None and isinstance(x, torch.nn.Module):
+        try:
+            return copy.deepcopy(x)
+        except Exception:  # noqa: BLE001 - some modules cannot be copied; pass them as they are
+            return x
     return x
 
 
+def _changed(original: Any, after: Any) -> bool:
+    """True if `after` (a clone handed to student code) no longer equals `original`."""
+    try:
+        if _is_tensor(original):
+            if not _is_tensor(after) or after.shape != original.shape:
+                return True
+            a, o = after.detach(), original.detach()
+            same = (a == o) | (a.isnan() & o.isnan()) if (o.is_floating_point() or o.is_complex()) else (a == o)
+            return not bool(same.all())
+        if _is_ndarray(original):
+            np = sys.modules["numpy"]
+            return not np.array_equal(original, after, equal_nan=original.dtype.kind in "fc")
+        if isinstance(original, (list, tuple)):
+            return len(original) != len(after) or any(_changed(o, a) for o, a in zip(original, after))
+        if isinstance(original, dict):
+            return set(original) != set(after) or any(_changed(original[k], after[k]) for k in original)
+    except Exception:  # noqa: BLE001 - cannot tell: assume unchanged
+        return False
+    return False
+
+
+def _argument_names(fn: Callable[..., Any], n_args: int) -> list[str]:
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    names = []
+    for i in range(n_args):
+        if i < len(params) and params[i].kind in (params[i].POSITIONAL_ONLY, params[i].POSITIONAL_OR_KEYWORD):
+            names.append(params[i].name)
+        else:
+            names.append(f"argument {i + 1}")
+    return names
+
+
+def call_safely(fn: Callable[..., Any], *args, timeout: float | None = DEFAULT_TIMEOUT, **kwargs) -> Outcome:
+    """Call student code; never raise (except on a real KeyboardInterrupt).
+
+    Inputs are cloned, so the student cannot modify the caller's values; the names of inputs
+    the code changed in place are listed in `Outcome.mutated`. Printing is captured into
+    `Outcome.output`. `timeout` seconds (None: no limit) stop an endless loop.
+    """
+    call_args = tuple(_clone(a) for a in args)
+    call_kwargs = {k: _clone(v) for k, v in kwargs.items()}
+    capture = _Capture()
+    start = time.monotonic()
+    try:
+        with contextlib.redirect_stdout(capture), contextlib.redirect_stderr(capture):
+            with time_limit(timeout):
+                value = fn(*call_args, **call_kwargs)
+        outcome = Outcome(value=value)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as err:  # noqa: BLE001 - student code may raise anything, even SystemExit
+        outcome = Outcome(error=err)
+    outcome.seconds = time.monotonic() - start
+    outcome.output, outcome.output_chars = capture.getvalue(), capture.total
+    names = _argument_names(fn, len(args))
+    outcome.mutated = [names[i] for i, (a, c) in enumerate(zip(args, call_args)) if _changed(a, c)]
+    outcome.mutated += [k for k, v in kwargs.items() if _changed(v, call_kwargs[k])]
+    return outcome
+
+
+# --------------------------------------------------------------------------- comparing results
+
+
 def compare(expected: Any, actual: Any, rtol: float = 1e-4, atol: float = 1e-5) -> str | None:
-    """None if `actual` equals `expected` (tensors, numbers, sequences, dicts), else a sentence
-    saying how it differs: type, shape, dtype, NaN, or values."""
-    if isinstance(expected, torch.Tensor):
-        if not isinstance(actual, torch.Tensor):
-            if isinstance(actual, (int, float)) and expected.numel() == 1:
-                actual = torch.tensor(float(actual), dtype=expected.dtype)
-            else:
-                return f"expected a torch.Tensor, got {type(actual).__name__}"
-        if tuple(actual.shape) != tuple(expected.shape):
-            return f"wrong shape: expected {tuple(expected.shape)}, got {tuple(actual.shape)}"
-        if not torch.isfinite(actual).all() and torch.isfinite(expected).all():
+    """None if `actual` equals `expected` (tensors, arrays, numbers, sequences, dicts), else a
+    sentence saying how it differs: type, shape, dtype, NaN, or values. Never raises."""
+    try:
+        return _compare(expected, actual, rtol, atol)
+    except Exception as err:  # noqa: BLE001 - a student's object may break any operation
+        return f"could not compare your result ({_describe_type(actual)}) with the expected one: {_short(err, 80)}"
+
+
+def _compare(expected: Any, actual: Any, rtol: float, atol: float) -> str | None:
+    if _is_tensor(expected):
+        return _compare_tensor(expected, actual, rtol, atol)
+    if _is_ndarray(expected):
+        torch = _torch()
+        if torch is not None:
+            actual = actual.numpy() if _is_tensor(actual) else actual
+        np = sys.modules["numpy"]
+        if not _is_ndarray(actual):
+            return f"expected a numpy array, got {_describe_type(actual)}"
+        if actual.shape != expected.shape:
+            return f"wrong shape: expected {expected.shape}, got {actual.shape}"
+        if expected.dtype.kind in "fc" and not np.isfinite(actual).all() and np.isfinite(expected).all():
             return "the result contains NaN or inf"
-        a, e = actual.detach().to(torch.float64).cpu(), expected.detach().to(torch.float64).cpu()
-        if not torch.allclose(a, e, rtol=rtol, atol=atol, equal_nan=True):
-            if e.numel() == 1:
-                return f"expected {e.item():.6g}, got {a.item():.6g}"
-            diff = (a - e).abs().max().item()
-            return f"values differ from the reference (largest difference {diff:.3g})"
+        if not np.allclose(actual, expected, rtol=rtol, atol=atol, equal_nan=expected.dtype.kind in "fc"):
+            return f"values differ from the reference (largest difference {np.abs(actual - expected).max():.3g})"
         return None
     if isinstance(expected, bool) or expected is None or isinstance(expected, str):
-        return None if actual == expected else f"expected {expected!r}, got {actual!r}"
+        if _is_tensor(actual) and actual.numel() == 1 and isinstance(expected, bool):
+            actual = bool(actual.item())
+        return None if type(actual) is type(expected) and actual == expected else \
+            f"expected {expected!r}, got {_safe_repr(actual)}"
     if isinstance(expected, (int, float)):
-        if isinstance(actual, torch.Tensor) and actual.numel() == 1:
+        if _is_tensor(actual) and actual.numel() == 1:
             actual = actual.item()
-        if not isinstance(actual, (int, float)):
-            return f"expected a number, got {type(actual).__name__}"
-        if abs(actual - expected) > atol + rtol * abs(expected):
+        np = sys.modules.get("numpy")
+        if np is not None and isinstance(actual, np.generic):
+            actual = actual.item()
+        if isinstance(actual, bool) or not isinstance(actual, (int, float)):
+            return f"expected a number, got {_describe_type(actual)}"
+        if math.isnan(actual) and not math.isnan(expected):
+            return "the result is NaN"
+        if math.isinf(actual) and not math.isinf(expected):
+            return "the result is inf (an overflow?)"
+        if math.isnan(expected) and math.isnan(actual):
+            return None
+        if not abs(actual - expected) <= atol + rtol * abs(expected):
             return f"expected {expected:.6g}, got {actual:.6g}"
         return None
     if isinstance(expected, dict):
         if not isinstance(actual, dict):
-            return f"expected a dict, got {type(actual).__name__}"
-        missing = set(expected) - set(actual)
+            return f"expected a dict, got {_describe_type(actual)}"
+        missing = [k for k in expected if k not in actual]
         if missing:
-            return f"missing keys: {sorted(missing)}"
+            return f"missing keys: {missing}"
         for k in expected:
-            why = compare(expected[k], actual[k], rtol, atol)
+            why = _compare(expected[k], actual[k], rtol, atol)
             if why:
                 return f"[{k!r}] {why}"
         return None
     if isinstance(expected, (list, tuple)):
-        if not isinstance(actual, (list, tuple)) or len(actual) != len(expected):
-            return f"expected a sequence of length {len(expected)}, got {actual!r:.60}"
+        if not isinstance(actual, (list, tuple)):
+            return f"expected a {type(expected).__name__} of length {len(expected)}, got {_describe_type(actual)}"
+        if len(actual) != len(expected):
+            return f"expected a sequence of length {len(expected)}, got length {len(actual)}"
         for i, (e, a) in enumerate(zip(expected, actual)):
-            why = compare(e, a, rtol, atol)
+            why = _compare(e, a, rtol, atol)
             if why:
                 return f"item {i}: {why}"
         return None
-    return None if actual == expected else f"expected {expected!r}, got {actual!r}"
+    return None if bool(actual == expected) else f"expected {_safe_repr(expected)}, got {_safe_repr(actual)}"
+
+
+def _compare_tensor(expected: Any, actual: Any, rtol: float, atol: float) -> str | None:
+    torch = _torch()
+    if not _is_tensor(actual):
+        if isinstance(actual, (int, float)) and not isinstance(actual, bool) and expected.numel() == 1:
+            actual = torch.tensor(float(actual), dtype=torch.float64).reshape(expected.shape)
+        elif _is_ndarray(actual):
+            return "expected a torch.Tensor, got a numpy array (use torch functions, or torch.from_numpy)"
+        else:
+            return f"expected a torch.Tensor, got {_describe_type(actual)}"
+    if tuple(actual.shape) != tuple(expected.shape):
+        return f"wrong shape: expected {tuple(expected.shape)}, got {tuple(actual.shape)}"
+    if actual.is_complex() != expected.is_complex():
+        return f"wrong dtype: expected {expected.dtype}, got {actual.dtype}"
+    if not expected.is_floating_point() and not expected.is_complex() and actual.is_floating_point():
+        return f"wrong dtype: expected an integer tensor ({expected.dtype}), got {actual.dtype}"
+    a, e = actual.detach().cpu(), expected.detach().cpu()
+    a = a.to(torch.complex128) if a.is_complex() else a.to(torch.float64)
+    e = e.to(torch.complex128) if e.is_complex() else e.to(torch.float64)
+    if torch.isfinite(e).all():
+        if torch.isnan(a).any():
+            return "the result contains NaN"
+        if not torch.isfinite(a).all():
+            return "the result contains inf (an overflow?)"
+    if not torch.allclose(a, e, rtol=rtol, atol=atol, equal_nan=True):
+        if e.numel() == 1:
+            return f"expected {e.item():.6g}, got {a.item():.6g}"
+        diff = (a - e).abs().nan_to_num(nan=float("inf"))
+        import numpy as np  # a dependency of torch's tensor printing anyway
+
+        index = tuple(int(i) for i in np.unravel_index(int(diff.argmax()), tuple(diff.shape)))
+        return (f"values differ from the reference (largest difference {diff.max().item():.3g} at index "
+                f"{list(index)}: expected {e[index].item():.6g}, got {a[index].item():.6g})")
+    return None
+
+
+# --------------------------------------------------------------------------- showing results
 
 
 def publish(result: CheckResult) -> None:
@@ -256,10 +521,18 @@ def finish(result: CheckResult, raise_on_fail: bool = True) -> CheckResult:
     return result
 
 
+# --------------------------------------------------------------------------- checks
+
+
 def diagnose(student: Callable[..., Any], case: Case, diagnoses: Sequence[Diagnosis],
-             rtol: float = 1e-4, atol: float = 1e-5, timeout: float | None = DEFAULT_TIMEOUT) -> Diagnosis | None:
-    """The first diagnosis that explains how `student` fails on `case`, or None."""
-    got = call_safely(student, *case.args, timeout=timeout, **case.kwargs)
+             rtol: float = 1e-4, atol: float = 1e-5, timeout: float | None = DEFAULT_TIMEOUT,
+             got: Outcome | None = None) -> Diagnosis | None:
+    """The first diagnosis that explains how `student` fails on `case`, or None.
+
+    `got` is the student's outcome on `case` if already known (saves calling it again).
+    """
+    if got is None:
+        got = call_safely(student, *case.args, timeout=timeout, **case.kwargs)
     for d in diagnoses:
         if isinstance(d, Variant):
             if not got.ok:
@@ -269,8 +542,11 @@ def diagnose(student: Callable[..., Any], case: Case, diagnoses: Sequence[Diagno
                 return d
         else:
             present = call_safely(d.test, student, timeout=timeout)
-            if present.ok and bool(present.value):
-                return d
+            try:
+                if present.ok and bool(present.value):
+                    return d
+            except Exception:  # noqa: BLE001 - e.g. a tensor with several values
+                continue
     return None
 
 
@@ -285,6 +561,7 @@ def run_check(
     atol: float = 1e-5,
     timeout: float | None = DEFAULT_TIMEOUT,
     raise_on_fail: bool = True,
+    allow_mutation: bool = False,
 ) -> CheckResult:
     """Run `student` on every case and compare with `reference`.
 
@@ -297,14 +574,19 @@ def run_check(
             case names the mistake.
         success: message on success; `{n}` is replaced by the number of cases.
         rtol, atol: tolerance of the comparison.
-        timeout: seconds allowed per call of student code.
+        timeout: seconds allowed per call of student code (None: no limit).
         raise_on_fail: raise `CheckFailed` on failure (the default in notebooks).
+        allow_mutation: accept a function that changes its input tensors in place.
 
     Returns:
         The `CheckResult` (also published).
+
+    Raises:
+        CheckFailed: the answer is wrong (if `raise_on_fail`).
+        NotImplementedError: the student's own, when the blank is untouched (if `raise_on_fail`).
     """
     if not callable(student):
-        return finish(CheckResult(name, False, f"expected a function, got {type(student).__name__}",
+        return finish(CheckResult(name, False, f"expected a function, got {_describe_type(student)}",
                                   "pass the function itself, e.g. check(my_fn), not check(my_fn())"), raise_on_fail)
     for case in cases:
         got = call_safely(student, *case.args, timeout=timeout, **case.kwargs)
@@ -312,17 +594,28 @@ def run_check(
         if isinstance(got.error, NotImplementedError):
             # An untouched blank: fail the cell with the student's own NotImplementedError, as
             # nbgrader does, so "not attempted" is not reported as a wrong answer.
-            raise got.error
+            if raise_on_fail:
+                raise got.error
+            return finish(CheckResult(name, False, got.describe_error()), raise_on_fail)
         if not got.ok:
-            found = diagnose(student, case, [d for d in diagnoses if isinstance(d, Property)], rtol, atol, timeout)
-            if found and not isinstance(got.error, NotImplementedError):
-                return finish(CheckResult(name, False, found.message + where, found.hint), raise_on_fail)
-            return finish(CheckResult(name, False, got.describe_error() + where), raise_on_fail)
-        expected = reference(*case.args, **case.kwargs)
+            if not isinstance(got.error, StudentTimeout):  # do not wait for an endless loop again
+                properties = [d for d in diagnoses if isinstance(d, Property)]
+                found = diagnose(student, case, properties, rtol, atol, timeout, got=got)
+                if found is not None:
+                    return finish(CheckResult(name, False, found.message + where, found.hint), raise_on_fail)
+            return finish(CheckResult(name, False, got.describe_error() + where, _error_hint(got.error)),
+                          raise_on_fail)
+        expected = reference(*(_clone(a) for a in case.args), **{k: _clone(v) for k, v in case.kwargs.items()})
         why = compare(expected, got.value, rtol, atol)
         if why is None:
+            if got.mutated and not allow_mutation:
+                names = ", ".join(f"`{n}`" for n in got.mutated)
+                return finish(CheckResult(
+                    name, False, f"the result is right, but your function changed its input {names} in place{where}",
+                    "work on a new tensor (`x = x / n`) instead of changing the caller's (`x /= n`, `x.div_(n)`)"),
+                    raise_on_fail)
             continue
-        found = diagnose(student, case, diagnoses, rtol, atol, timeout)
+        found = diagnose(student, case, diagnoses, rtol, atol, timeout, got=got)
         if found is not None:
             return finish(CheckResult(name, False, found.message + where, found.hint), raise_on_fail)
         return finish(CheckResult(name, False, why + where,
@@ -330,11 +623,37 @@ def run_check(
     return finish(CheckResult(name, True, success.format(n=len(cases))), raise_on_fail)
 
 
+def _error_hint(err: BaseException | None) -> str:
+    if isinstance(err, StudentTimeout):
+        return "look for a loop whose condition never becomes false"
+    if isinstance(err, RuntimeError) and "shape" in str(err) or isinstance(err, IndexError):
+        return "print the shapes of your tensors (`x.shape`) at each step"
+    return "run your function on a small input in a cell of its own to see where it fails"
+
+
+def make_check(name: str, reference: Callable[..., Any], cases: Sequence[Case],
+               diagnoses: Sequence[Diagnosis] = (), success: str = "matches the reference on {n} cases",
+               **options: Any) -> Callable[..., CheckResult]:
+    """A check function `check(student_fn, raise_on_fail=True) -> CheckResult` built from its
+    parts; `options` are passed on to `run_check` (rtol, atol, timeout, allow_mutation)."""
+
+    def check(student: Any, raise_on_fail: bool = True) -> CheckResult:
+        return run_check(name, student, reference, cases, diagnoses, success,
+                         raise_on_fail=raise_on_fail, **options)
+
+    check.__name__ = check.__qualname__ = f"check_{name}"
+    check.__doc__ = f"Check a student's `{name}` against the reference on {len(cases)} cases."
+    return check
+
+
 def check_value(name: str, value: Any, expected: Any, message_ok: str = "correct",
                 hint: str = "", rtol: float = 1e-4, atol: float = 1e-5,
                 wrong_values: Sequence[tuple[Any, str]] = (), raise_on_fail: bool = True) -> CheckResult:
     """Check a value (not a function). `wrong_values` pairs known wrong answers with the
-    sentence that explains them."""
+    sentence that explains them; the first that matches `value` is reported."""
+    if callable(value) and not callable(expected) and not _is_tensor(value):
+        return finish(CheckResult(name, False, "expected a value, got a function",
+                                  "call your function and pass its result"), raise_on_fail)
     why = compare(expected, value, rtol, atol)
     if why is None:
         return finish(CheckResult(name, True, message_ok), raise_on_fail)

@@ -118,13 +118,15 @@ def make_digits_splits(seed: int = 0, fractions: tuple[float, float, float] = (0
     return {s: np.sort(np.concatenate(p)) for s, p in parts.items()}
 
 
-def digit_augmentation(image_size: int = 8) -> Callable[[torch.Tensor], torch.Tensor]:
+def digit_augmentation() -> Callable[[torch.Tensor], torch.Tensor]:
     """A mild `torchvision.transforms.v2` augmentation for digits: ±10° rotation, ±1/8 shift,
     ±10% scale. Off by default: at 8×8 the training budget of the course is better spent on
     more epochs (measure it in an exercise)."""
     from torchvision.transforms import v2
 
-    return v2.RandomAffine(degrees=10, translate=(0.125, 0.125), scale=(0.9, 1.1))
+    # Bilinear: at 8x8, nearest-neighbour resampling rounds most small moves back to identity.
+    return v2.RandomAffine(degrees=10, translate=(0.125, 0.125), scale=(0.9, 1.1),
+                           interpolation=v2.InterpolationMode.BILINEAR)
 
 
 class CaptionedDigits(Dataset):
@@ -167,7 +169,7 @@ class CaptionedDigits(Dataset):
             x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False).clamp(0, 1)
         self.images = x  # (N, 1, H, W)
         self.labels = torch.from_numpy(labels[self.indices.numpy()])  # (N,)
-        self.augment = digit_augmentation(image_size) if augment else None
+        self.augment = digit_augmentation() if augment else None
         # Fixed (template, form) choice per item, used when captions are not random.
         rng = np.random.default_rng([seed, _SPLIT_ID[split], 1])
         self._fixed_template = rng.integers(len(self.templates), size=len(self))
@@ -297,6 +299,8 @@ class Shapes(Dataset):
         colour, shape, position, size: (N,) indices into `COLOUR_NAMES`, `SHAPE_NAMES`,
             `POSITION_NAMES`, `SIZE_NAMES` (first object); with two objects also `colour2`,
             `shape2`, `position2`, `size2` and `relation` (index into `RELATION_NAMES`).
+        centre, radius: (N, 2) object centres (x, y) and (N,) radii in pixels (and `centre2`,
+            `radius2`).
         classnames: `SHAPES_CLASSNAMES` ("red circle", ... colour-major); `attributes(i)` gives
         the names of item i's attributes.
     """
@@ -374,11 +378,11 @@ class Shapes(Dataset):
             jitter = torch.from_numpy(rng.uniform(-0.04, 0.04, size=(self.n, 2))).float()
             return (centres[position] + jitter) * S, radii[size] * S
 
-        c, r = place(self.position, self.size)
-        images = render_objects(self.shape, self.colour, c, r, S)
+        self.centre, self.radius = place(self.position, self.size)  # (N, 2) pixels (x, y), (N,) pixels
+        images = render_objects(self.shape, self.colour, self.centre, self.radius, S)
         if self.two_objects:
-            c2, r2 = place(self.position2, self.size2)
-            images = render_objects(self.shape2, self.colour2, c2, r2, S, canvas=images)
+            self.centre2, self.radius2 = place(self.position2, self.size2)
+            images = render_objects(self.shape2, self.colour2, self.centre2, self.radius2, S, canvas=images)
         return images.clamp(0, 1)
 
     # -- captions

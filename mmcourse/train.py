@@ -1,0 +1,616 @@
+"""The course's one training loop: `fit(model, train_loader, config) -> History`.
+
+What it does, in the order of one step (as open_clip's `train_one_epoch`):
+
+1. move the batch to the device, `loss = loss_fn(model, batch)` (default: the CLIP loss),
+2. `loss.backward()`, optional gradient clipping, AdamW step, learning-rate schedule step
+   (linear warmup, then cosine decay to zero),
+3. clamp `model.logit_scale` to [0, ln 100] so the temperature stays >= 0.01,
+4. record loss, logit scale (exponentiated) and learning rate in the `History`.
+
+After each epoch it runs `val_fn(model) -> dict` (if given), calls the callbacks and saves a
+checkpoint (if `checkpoint_path` is given). A checkpoint holds the model, optimizer, scheduler,
+every random number generator and the history, so `fit(..., resume=True)` continues exactly
+where the run stopped: the loss curve is the one an uninterrupted run gives. Interrupting
+(Ctrl-C / the stop button) never loses work: `fit` saves a checkpoint and returns the history
+so far.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .utils import get_device, seed_everything
+
+# ----------------------------------------------------------------------------------------------
+# Configuration and history
+
+
+@dataclass
+class TrainConfig:
+    """How to train. The batch size is the data loader's.
+
+    Attributes:
+        epochs: passes over the training loader.
+        lr: peak learning rate (reached at the end of warmup).
+        weight_decay: AdamW decay for weight matrices; gains, biases and `logit_scale` get none.
+        betas, eps: AdamW's (open_clip's defaults for ViTs).
+        warmup_steps: steps of linear warmup; if None, `warmup_fraction` of all steps.
+        warmup_fraction: used when `warmup_steps` is None.
+        grad_clip_norm: clip the gradient norm to this value (None: no clipping).
+        logit_scale_max: clamp `model.logit_scale` to [0, this] after every step (None: no clamp).
+        seed: seeds Python, NumPy and torch at the start of a fresh run.
+        device: "cpu", "cuda", "mps"...; None picks with `mmcourse.utils.get_device`.
+        max_seconds: stop after this much training time (validation excluded); None: no limit.
+        log_every: update the progress bar's loss read-out every this many steps.
+        progress: show a tqdm progress bar.
+    """
+
+    epochs: int = 10
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    warmup_steps: int | None = None
+    warmup_fraction: float = 0.05
+    grad_clip_norm: float | None = None
+    logit_scale_max: float | None = math.log(100)
+    seed: int = 0
+    device: str | None = None
+    max_seconds: float | None = None
+    log_every: int = 10
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise ValueError(f"max_seconds must be positive, got {self.max_seconds}")
+        if self.log_every < 1:
+            raise ValueError(f"log_every must be >= 1, got {self.log_every}")
+
+    def num_warmup_steps(self, total_steps: int) -> int:
+        if self.warmup_steps is not None:
+            return min(self.warmup_steps, total_steps)
+        return int(round(self.warmup_fraction * total_steps))
+
+
+# Fields that may change between a run and its resumption without changing the result.
+_RESUMABLE_CHANGES = {"device", "max_seconds", "log_every", "progress"}
+
+
+@dataclass
+class History:
+    """What happened during training.
+
+    Per step (lists of equal length): `step` (1-based global step), `epoch` (fractional: 1.5 is
+    half-way through the second epoch), `loss`, `logit_scale` (exponentiated, i.e. 1 /
+    temperature, after the clamp), `lr` (the rate used for that step), `time` (seconds of
+    training so far, validation excluded).
+
+    Per epoch: `val`, one dict per finished epoch with `epoch`, `step`, `time` and whatever
+    `val_fn` returned. `stopped` says why training ended early ("interrupted", "max_seconds",
+    "callback") or is None.
+    """
+
+    step: list[int] = field(default_factory=list)
+    epoch: list[float] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    logit_scale: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    time: list[float] = field(default_factory=list)
+    val: list[dict[str, float]] = field(default_factory=list)
+    stopped: str | None = None
+
+    def metric(self, name: str) -> tuple[list[float], list[float]]:
+        """(epochs, values) of a validation metric, e.g. `history.metric("zero_shot_top1")`."""
+        rows = [row for row in self.val if name in row]
+        if not rows:
+            known = sorted({k for row in self.val for k in row} - {"epoch", "step", "time"})
+            raise KeyError(f"no validation metric {name!r} in the history; known: {known}")
+        return [row["epoch"] for row in rows], [row[name] for row in rows]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "History":
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+    def __repr__(self) -> str:
+        last = f", last loss {self.loss[-1]:.4f}" if self.loss else ""
+        return f"History({len(self.step)} steps, {len(self.val)} epochs validated{last})"
+
+
+# ----------------------------------------------------------------------------------------------
+# Pieces of the loop: the loss, the optimizer, the schedule
+
+
+def _contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    try:
+        from .losses import clip_loss
+    except ImportError:  # the losses module is written in parallel; this is the same formula
+        logits = logit_scale * image_emb @ text_emb.T  # (B, B)
+        labels = torch.arange(logits.shape[0], device=logits.device)
+        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    return clip_loss(image_emb, text_emb, logit_scale)
+
+
+def clip_loss_fn(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The default `loss_fn`: the symmetric CLIP loss of a batch of matching image-caption pairs.
+
+    Args:
+        model: a `CLIP` (anything whose forward returns `image_embeds`, `text_embeds` and
+            `logit_scale`).
+        batch: dict with "image" (B, C, H, W), "input_ids" (B, L) and optionally
+            "attention_mask" (B, L).
+
+    Returns:
+        The scalar loss.
+    """
+    missing = {"image", "input_ids"} - set(batch)
+    if missing:
+        raise ValueError(f"the batch lacks {sorted(missing)}: the CLIP loss needs images and captions "
+                         f"(or pass your own loss_fn)")
+    out = model(image=batch["image"], input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"))
+    return _contrastive_loss(out["image_embeds"], out["text_embeds"], out["logit_scale"])
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW parameter groups as open_clip builds them: no weight decay for parameters with
+    fewer than 2 dimensions (gains, biases, the scalar `logit_scale`) or whose name says they
+    belong to a norm layer ("bn", "ln") or are biases or the logit scale. Decaying a gain or
+    the temperature would pull it towards zero, which nobody wants.
+
+    Returns:
+        [{"params": decayed, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}],
+        each group also has "names" (for inspection).
+    """
+    def exclude(name: str, p: torch.Tensor) -> bool:
+        return p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
+
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():  # a shared parameter is listed once
+        if p.requires_grad:
+            (no_decay if exclude(name, p) else decay).append((name, p))
+    return [
+        {"params": [p for _, p in decay], "names": [n for n, _ in decay], "weight_decay": weight_decay},
+        {"params": [p for _, p in no_decay], "names": [n for n, _ in no_decay], "weight_decay": 0.0},
+    ]
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over `param_groups(model, config.weight_decay)`."""
+    groups = param_groups(model, config.weight_decay)
+    # foreach=False keeps CPU results bit-identical whatever the parameter grouping
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps, foreach=False)
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Multiplier of the peak learning rate for (0-based) `step`: linear warmup reaching 1 at
+    the last warmup step, then a cosine decay to 0 at `total_steps` (as open_clip's
+    `cosine_lr`)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    decay_steps = max(total_steps - warmup_steps, 1)
+    progress = min((step - warmup_steps) / decay_steps, 1.0)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
+    """A `LambdaLR` following `lr_factor`; call `.step()` after every optimizer step."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup_steps, total_steps))
+
+
+def clamp_logit_scale(model: nn.Module, max_value: float | None = math.log(100)) -> None:
+    """Clamp `model.logit_scale` (stored as a log) to [0, max_value], in place, if the model has
+    a learnable one. Exponentiated: the scale stays in [1, 100], the temperature in [0.01, 1]."""
+    scale = getattr(model, "logit_scale", None)
+    if max_value is not None and isinstance(scale, torch.Tensor) and scale.requires_grad:
+        with torch.no_grad():
+            scale.clamp_(0, max_value)
+
+
+# ----------------------------------------------------------------------------------------------
+# Callbacks
+
+
+class Callback:
+    """Override any of these. `state` is the running `TrainState`; set `state.stop = True` to end
+    training after the current step."""
+
+    def on_train_begin(self, state: "TrainState") -> None: ...
+    def on_step_end(self, state: "TrainState") -> None: ...
+    def on_epoch_end(self, state: "TrainState") -> None: ...
+    def on_train_end(self, state: "TrainState") -> None: ...
+
+
+@dataclass
+class TrainState:
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    config: TrainConfig
+    history: History
+    total_steps: int
+    epoch: int = 0  # epochs finished
+    global_step: int = 0  # steps finished
+    stop: bool = False
+
+
+class LivePlot(Callback):
+    """A live plot of the loss (and validation metrics) in a notebook, redrawn once per epoch.
+
+    Args:
+        metrics: names of validation metrics to plot on a second axis (e.g. "zero_shot_top1");
+            None plots every metric `val_fn` returns.
+        every: redraw every this many epochs.
+    """
+
+    def __init__(self, metrics: Sequence[str] | None = None, every: int = 1, figsize=(7.0, 3.0)):
+        self.metrics, self.every, self.figsize = metrics, every, figsize
+        self._handle = None
+
+    def _draw(self, state: TrainState):
+        import matplotlib.pyplot as plt
+
+        h = state.history
+        fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=self.figsize)
+        ax_loss.plot(h.epoch, h.loss, lw=1)
+        ax_loss.set(title="training loss", xlabel="epoch", ylabel="CLIP loss (nats)")
+        ax_loss.set_xlim(0, state.config.epochs)
+        names = self.metrics or sorted({k for row in h.val for k in row} - {"epoch", "step", "time"})
+        for name in names:
+            xs = [r["epoch"] for r in h.val if name in r]
+            ax_val.plot(xs, [r[name] for r in h.val if name in r], marker="o", ms=3, label=name)
+        ax_val.set(title="validation", xlabel="epoch", ylabel="metric value")
+        ax_val.set_xlim(0, state.config.epochs)
+        if names:
+            ax_val.legend(fontsize=8)
+        fig.tight_layout()
+        plt.close(fig)  # shown through the display handle only, not again at the cell's end
+        return fig
+
+    def _show(self, state: TrainState) -> None:
+        try:
+            from IPython.display import display
+        except ImportError:  # pragma: no cover
+            return
+        fig = self._draw(state)
+        if self._handle is None:
+            self._handle = display(fig, display_id=True)
+        else:
+            self._handle.update(fig)
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        if state.epoch % self.every == 0 or state.epoch == state.config.epochs:
+            self._show(state)
+
+    def on_train_end(self, state: TrainState) -> None:
+        if state.epoch % self.every != 0:
+            self._show(state)
+
+
+# ----------------------------------------------------------------------------------------------
+# Random number generators and checkpoints
+
+
+def _loader_generators(loader: Any) -> list[torch.Generator]:
+    gens = []
+    for obj in (loader, getattr(loader, "sampler", None), getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
+        g = getattr(obj, "generator", None)
+        if isinstance(g, torch.Generator) and all(g is not x for x in gens):
+            gens.append(g)
+    return gens
+
+
+def _rng_state(loader: Any) -> dict[str, Any]:
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "loader": [g.get_state() for g in _loader_generators(loader)],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], loader: Any) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    for g, s in zip(_loader_generators(loader), state["loader"]):
+        g.set_state(s)
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: str | os.PathLike, state: TrainState, extra: dict[str, Any]) -> None:
+    """Write a checkpoint atomically (to a temporary file, then rename), so a crash while
+    saving never leaves a broken file behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "model": state.model.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "scheduler": state.scheduler.state_dict(),
+        "config": asdict(state.config),
+        "history": state.history.to_dict(),
+        "epoch": state.epoch,
+        "global_step": state.global_step,
+        **extra,
+    }
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by `fit` (a trusted local file: it holds RNG states, so it is
+    loaded with `weights_only=False`)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    return torch.load(path, map_location=map_location, weights_only=False)
+
+
+@contextlib.contextmanager
+def _defer_interrupt():
+    """Hold a Ctrl-C until the block ends, so an update is never half applied."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda *args: received.append(args))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            raise KeyboardInterrupt
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+
+
+def fit(
+    model: nn.Module,
+    train_loader: Iterable,
+    config: TrainConfig | None = None,
+    *,
+    loss_fn: Callable[[nn.Module, Any], torch.Tensor | dict[str, torch.Tensor]] | None = None,
+    val_fn: Callable[[nn.Module], dict[str, float]] | None = None,
+    callbacks: Sequence[Callback] = (),
+    checkpoint_path: str | os.PathLike | None = None,
+    resume: bool = False,
+) -> History:
+    """Train `model` and return its `History`.
+
+    Args:
+        model: any `nn.Module`; moved to `config.device` (default: `get_device()`).
+        train_loader: an iterable of batches with a length (e.g. a `DataLoader`). For exactly
+            repeatable runs give the DataLoader a `generator`, or rely on the global seed.
+        config: a `TrainConfig` (defaults if None).
+        loss_fn: `loss_fn(model, batch) -> loss` (a scalar, or a dict whose "loss" entry, or
+            else whose sum, is the loss). Default: `clip_loss_fn`, the CLIP loss.
+        val_fn: `val_fn(model) -> dict[str, float]`, run after every epoch in eval mode without
+            gradients; its values go to `history.val`.
+        callbacks: `Callback`s, e.g. `LivePlot()`.
+        checkpoint_path: save a checkpoint here after every epoch and when stopped early.
+        resume: continue from `checkpoint_path` if it exists (exactly: same losses as an
+            uninterrupted run); a finished run returns its history without training.
+
+    Returns:
+        The `History`. On Ctrl-C, the history so far (with `stopped="interrupted"`), after
+        saving a checkpoint when `checkpoint_path` is given.
+    """
+    config = config or TrainConfig()
+    loss_fn = loss_fn or clip_loss_fn
+    try:
+        steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
+    except TypeError:
+        raise ValueError("train_loader must have a length (e.g. a DataLoader) to plan the schedule") from None
+    if steps_per_epoch == 0:
+        raise ValueError("train_loader is empty: no batches to train on (drop_last with too few samples?)")
+    if resume and checkpoint_path is None:
+        raise ValueError("resume=True needs a checkpoint_path")
+    total_steps = config.epochs * steps_per_epoch
+    device = torch.device(config.device) if config.device else get_device()
+    model.to(device)
+
+    ckpt = load_checkpoint(checkpoint_path) if resume and Path(checkpoint_path).exists() else None
+    if ckpt is None:
+        seed_everything(config.seed)
+    optimizer = make_optimizer(model, config)
+    scheduler = make_scheduler(optimizer, config.num_warmup_steps(total_steps), total_steps)
+    state = TrainState(model, optimizer, scheduler, config, History(), total_steps)
+    elapsed = 0.0  # seconds of training (validation excluded), carried across resumptions
+    step_in_epoch = 0  # steps of the current epoch already done
+    # rng_resume: the generators' state right after the last finished step (or at the start of
+    # the current epoch); rng_epoch_start: their state when the current epoch's iterator was made.
+    rng_resume = rng_epoch_start = None
+    if ckpt is not None:
+        _check_same_config(ckpt["config"], config)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        state.history = History.from_dict(ckpt["history"])
+        state.history.stopped = None
+        state.epoch, state.global_step = ckpt["epoch"], ckpt["global_step"]
+        elapsed = state.history.time[-1] if state.history.time else 0.0
+        step_in_epoch = ckpt["step_in_epoch"]
+        rng_resume, rng_epoch_start = ckpt["rng"], ckpt["rng_epoch_start"]
+        if step_in_epoch == 0:
+            _set_rng_state(rng_resume, train_loader)
+        if state.epoch >= config.epochs:
+            return state.history
+
+    def save() -> None:
+        if checkpoint_path is not None:
+            save_checkpoint(checkpoint_path, state, {"step_in_epoch": step_in_epoch, "rng": rng_resume,
+                                                     "rng_epoch_start": rng_epoch_start})
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total_steps, initial=state.global_step, disable=not config.progress,
+               desc="training", unit="step", dynamic_ncols=True)
+    for cb in callbacks:
+        cb.on_train_begin(state)
+    model.train()
+    try:
+        while state.epoch < config.epochs and not state.stop:
+            if step_in_epoch:
+                # Resuming inside an epoch: replay the epoch's data order, skip the batches already
+                # done, then restore the generators as they were after the last finished step.
+                _set_rng_state(rng_epoch_start, train_loader)
+                iterator = iter(train_loader)
+                for _ in range(step_in_epoch):
+                    next(iterator)
+                _set_rng_state(rng_resume, train_loader)
+            else:
+                rng_epoch_start = rng_resume = _rng_state(train_loader)
+                iterator = iter(train_loader)
+            for batch in iterator:
+                t0 = time.perf_counter()
+                batch = _to_device(batch, device)
+                lr = optimizer.param_groups[0]["lr"]
+                loss = _as_loss(loss_fn(model, batch))
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"the loss is {loss.item()} at step {state.global_step + 1}: training diverged "
+                        f"(lower the learning rate, or check the inputs for NaN)")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                with _defer_interrupt():  # the update and its bookkeeping happen entirely or not at all
+                    if config.grad_clip_norm is not None:
+                        nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    clamp_logit_scale(model, config.logit_scale_max)
+                    state.global_step += 1
+                    step_in_epoch += 1
+                    elapsed += time.perf_counter() - t0
+                    _record_step(state, loss, lr, elapsed, steps_per_epoch)
+                    rng_resume = _rng_state(train_loader)
+                if state.global_step % config.log_every == 0 or step_in_epoch == steps_per_epoch:
+                    bar.set_postfix(loss=f"{state.history.loss[-1]:.3f}",
+                                    scale=f"{state.history.logit_scale[-1]:.1f}", refresh=False)
+                bar.update(1)
+                for cb in callbacks:
+                    cb.on_step_end(state)
+                if config.max_seconds is not None and elapsed >= config.max_seconds:
+                    state.history.stopped = "max_seconds"
+                    state.stop = True
+                if state.stop:
+                    break
+            if step_in_epoch < steps_per_epoch:  # stopped inside the epoch
+                state.history.stopped = state.history.stopped or "callback"
+                break
+            next(iterator, None)  # finish the iterator as a full pass does (samplers draw at the end)
+            _validate(state, val_fn, elapsed)
+            with _defer_interrupt():
+                state.epoch += 1
+                step_in_epoch = 0
+                rng_resume = _rng_state(train_loader)
+                save()
+            for cb in callbacks:
+                cb.on_epoch_end(state)
+        if state.stop and state.history.stopped is None:
+            state.history.stopped = "callback"
+        if step_in_epoch:  # stopped inside an epoch: validate what we have, keep it
+            _validate(state, val_fn, elapsed)
+            save()
+    except KeyboardInterrupt:
+        state.history.stopped = "interrupted"
+        save()
+        where = f"; checkpoint saved to {checkpoint_path}" if checkpoint_path is not None else ""
+        print(f"Interrupted after {state.global_step} of {total_steps} steps{where}. "
+              f"Returning the history so far.")
+    finally:
+        bar.close()
+        model.eval()
+    for cb in callbacks:
+        cb.on_train_end(state)
+    return state.history
+
+
+def _as_loss(out: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
+    if isinstance(out, dict):
+        out = out["loss"] if "loss" in out else sum(out.values())
+    if not isinstance(out, torch.Tensor) or out.numel() != 1:
+        raise ValueError(f"loss_fn must return a scalar tensor (or a dict of them), got {out!r:.80}")
+    return out.reshape(())
+
+
+def _record_step(state: TrainState, loss: torch.Tensor, lr: float, elapsed: float, steps_per_epoch: int) -> None:
+    h = state.history
+    h.step.append(state.global_step)
+    h.epoch.append(state.global_step / steps_per_epoch)
+    h.loss.append(loss.item())
+    scale = getattr(state.model, "logit_scale", None)
+    h.logit_scale.append(scale.detach().exp().item() if isinstance(scale, torch.Tensor) else float("nan"))
+    h.lr.append(lr)
+    h.time.append(elapsed)
+
+
+def _validate(state: TrainState, val_fn: Callable | None, elapsed: float) -> None:
+    if val_fn is None:
+        return
+    model = state.model
+    model.eval()
+    with torch.no_grad():
+        metrics = val_fn(model)
+    model.train()
+    if not isinstance(metrics, dict):
+        raise ValueError(f"val_fn must return a dict of metrics, got {type(metrics).__name__}")
+    row = {"epoch": state.global_step / max(state.total_steps // state.config.epochs, 1),
+           "step": state.global_step, "time": elapsed}
+    row.update({k: float(v) for k, v in metrics.items()})
+    state.history.val.append(row)
+
+
+def _check_same_config(saved: dict[str, Any], config: TrainConfig) -> None:
+    now = asdict(config)
+    changed = sorted(k for k in now if k not in _RESUMABLE_CHANGES and _norm(saved.get(k)) != _norm(now[k]))
+    if changed:
+        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
+        raise ValueError(f"cannot resume: the TrainConfig differs from the checkpoint's ({detail}); "
+                         f"use the same config or a new checkpoint_path")
+
+
+def _norm(v: Any) -> Any:
+    return tuple(v) if isinstance(v, list) else v

@@ -1,0 +1,209 @@
+"""Shared plots for the course. Every plot has a title, axis labels and units.
+
+Each function draws on an `ax` you pass (or a new figure's) and returns the `Axes`, so a
+lesson can compose panels. Figures are made with `matplotlib.pyplot` so that Jupyter's inline
+backend shows them; size and dpi come from `mmcourse.utils.setup_notebook`.
+
+Sections: similarity matrices · distributions over a row · (others append below, one section
+each, with a header comment).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+ArrayLike = torch.Tensor | np.ndarray | Sequence[float]
+
+
+def _numpy(x: ArrayLike) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().float().cpu().numpy()
+    return np.asarray(x, dtype=float)
+
+
+def _axes(ax, figsize=None):
+    if ax is None:
+        _, ax = plt.subplots(figsize=figsize)
+    return ax
+
+
+# ----------------------------------------------------------------------------- similarity matrices
+
+def plot_similarity_matrix(
+    sim: ArrayLike,
+    row_labels: Sequence[str] | None = None,
+    col_labels: Sequence[str] | None = None,
+    title: str = "Cosine similarity of every image with every text",
+    ax=None,
+    annotate: bool | None = None,
+    xlabel: str = "text j",
+    ylabel: str = "image i",
+    cbar_label: str = "cosine similarity (unitless, −1 to 1)",
+    vmin: float | None = -1.0,
+    vmax: float | None = 1.0,
+    highlight_diagonal: bool = True,
+):
+    """Heat map of an (N, M) similarity matrix; the diagonal (the positive pairs) is outlined.
+
+    Args:
+        sim: (N, M) similarities, e.g. `image_emb @ text_emb.T`.
+        row_labels, col_labels: tick labels (length N and M); indices if None.
+        title, xlabel, ylabel, cbar_label: texts (the colour bar states the unit).
+        ax: axes to draw on; a new figure if None.
+        annotate: write each value in its cell; default when N, M <= 10.
+        vmin, vmax: colour range (None: from the data, e.g. for logits).
+        highlight_diagonal: outline cells (i, i).
+
+    Returns:
+        The matplotlib `Axes`.
+    """
+    s = _numpy(sim)
+    if s.ndim != 2:
+        raise ValueError(f"sim must be 2-D (N, M), got shape {s.shape}")
+    n, m = s.shape
+    for labels, size, what in ((row_labels, n, "row_labels"), (col_labels, m, "col_labels")):
+        if labels is not None and len(labels) != size:
+            raise ValueError(f"{what} has {len(labels)} entries but the matrix has {size} along that axis")
+    ax = _axes(ax, figsize=(1.0 + 0.55 * m, 0.8 + 0.5 * n) if max(n, m) <= 10 else None)
+    im = ax.imshow(s, vmin=vmin, vmax=vmax, cmap="viridis", aspect="auto")
+    ax.figure.colorbar(im, ax=ax, label=cbar_label)
+    ax.set_xticks(range(m), labels=col_labels if col_labels is not None else range(m),
+                  rotation=45 if col_labels is not None else 0, ha="right" if col_labels is not None else "center")
+    ax.set_yticks(range(n), labels=row_labels if row_labels is not None else range(n))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(False)
+    if annotate is None:
+        annotate = max(n, m) <= 10
+    if annotate:
+        mid = (np.nanmin(s) + np.nanmax(s)) / 2 if vmin is None or vmax is None else (vmin + vmax) / 2
+        for i in range(n):
+            for j in range(m):
+                ax.text(j, i, f"{s[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                        color="black" if s[i, j] > mid else "white")
+    if highlight_diagonal:
+        for i in range(min(n, m)):
+            ax.add_patch(plt.Rectangle((i - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", lw=1.5))
+    return ax
+
+
+# ----------------------------------------------------------------------------- distributions over a row
+
+def plot_softmax_bars(
+    probs: ArrayLike,
+    labels: Sequence[str] | None = None,
+    positive: int | None = 0,
+    title: str = "Softmax over the candidates",
+    ax=None,
+    ylabel: str = "probability (0 to 1)",
+    xlabel: str = "candidate j",
+    ylim: tuple[float, float] | None = (0.0, 1.0),
+):
+    """Bar plot of a distribution over candidates; the positive is green, negatives grey.
+
+    Args:
+        probs: (K,) values (probabilities, or any per-candidate quantity with `ylabel`/`ylim`).
+        labels: (K,) tick labels; indices if None.
+        positive: index of the positive candidate to colour, or None.
+        title, xlabel, ylabel: texts (ylabel states the unit).
+        ax: axes to draw on; a new figure if None.
+        ylim: y range; None lets matplotlib choose.
+
+    Returns:
+        The `Axes`; the bars are `ax.containers[0]`.
+    """
+    p = _numpy(probs)
+    if p.ndim != 1:
+        raise ValueError(f"probs must be 1-D (K,), got shape {p.shape}")
+    if labels is not None and len(labels) != len(p):
+        raise ValueError(f"labels has {len(labels)} entries, probs has {len(p)}")
+    ax = _axes(ax)
+    colours = ["tab:green" if j == positive else "tab:gray" for j in range(len(p))]
+    ax.bar(range(len(p)), p, color=colours)
+    ax.set_xticks(range(len(p)), labels=labels if labels is not None else range(len(p)))
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    return ax
+
+
+# ----------------------------------------------------------------------------- image grids (data, lesson 03)
+
+def show_image_grid(
+    images,
+    captions: Sequence[str] | None = None,
+    nrow: int = 8,
+    title: str = "Images and their captions",
+    cell_inches: float = 1.1,
+    fontsize: float = 7.0,
+    pad_value: float = 0.5,
+):
+    """A grid of images (via `torchvision.utils.make_grid`), each with its caption underneath.
+
+    Args:
+        images: (N, C, H, W) float tensor in [0, 1] (C = 1 or 3), or a list of (C, H, W).
+        captions: N captions, wrapped to the width of an image; None: no captions.
+        nrow: images per row.
+        title: figure title.
+        cell_inches: width of one image in inches.
+        fontsize: caption font size (points).
+        pad_value: grey level of the border between images.
+
+    Returns:
+        The `Figure` (one `Axes` per row of images, pixels shown unsmoothed and without ticks).
+    """
+    import textwrap
+
+    from torchvision.utils import make_grid
+
+    if isinstance(images, (list, tuple)):
+        images = torch.stack(list(images))
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] not in (1, 3):
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images must be (N, C, H, W) with C = 1 or 3, got {shape}")
+    if captions is not None and len(captions) != len(images):
+        raise ValueError(f"captions has {len(captions)} entries, images has {len(images)}")
+    if nrow < 1:
+        raise ValueError(f"nrow must be >= 1, got {nrow}")
+    images = images.detach().float().cpu().clamp(0, 1)
+    n, _, h, w = images.shape
+    ncols = min(nrow, n)
+    rows = (n + ncols - 1) // ncols
+    pad = max(1, w // 16)  # border between images, in pixels
+    # Layout in inches, placed by hand so captions never overlap the next row.
+    chars = max(8, int(cell_inches * 72 / (0.55 * fontsize)))  # characters that fit under one image
+    wrapped = [textwrap.wrap(c, chars) for c in captions] if captions is not None else []
+    caption_h = (max(map(len, wrapped), default=0) * fontsize * 1.25 / 72 + 0.1) if captions is not None else 0.05
+    grid_w, grid_h = ncols * (w + pad) + pad, h + 2 * pad  # pixels of one row's grid
+    row_w = ncols * cell_inches
+    row_h = row_w * grid_h / grid_w
+    margin, title_h = 0.1, 0.4
+    fig_w, fig_h = row_w + 2 * margin, rows * (row_h + caption_h) + title_h
+    fig = plt.figure(figsize=(fig_w, fig_h))
+    for r in range(rows):
+        chunk = images[r * ncols:(r + 1) * ncols]
+        k = len(chunk)  # a short last row keeps the same cell width
+        grid = make_grid(chunk, nrow=k, padding=pad, pad_value=pad_value)  # (3, grid_h, k * (w + pad) + pad)
+        bottom = fig_h - title_h - (r + 1) * row_h - r * caption_h
+        width = row_w * grid.shape[2] / grid_w
+        ax = fig.add_axes((margin / fig_w, bottom / fig_h, width / fig_w, row_h / fig_h))
+        ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest", aspect="auto")
+        ax.set_yticks([])
+        ax.grid(False)
+        for side in ax.spines.values():
+            side.set_visible(False)
+        if captions is not None:
+            centres = [pad + c * (w + pad) + w / 2 for c in range(k)]
+            labels = ["\n".join(lines) for lines in wrapped[r * ncols:r * ncols + k]]
+            ax.set_xticks(centres, labels=labels, fontsize=fontsize, va="top")
+            ax.tick_params(axis="x", length=0, pad=2)
+        else:
+            ax.set_xticks([])
+    fig.suptitle(title, y=1 - 0.08 / fig_h, va="top")
+    return fig

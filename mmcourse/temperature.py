@@ -1,0 +1,447 @@
+"""What temperature does: pure functions over one row of similarities, the interactive explorer
+built on them, and a toy training experiment with fixed and learned temperature.
+
+For one anchor with similarities s_j to K candidates (candidate `positive` is its pair), InfoNCE
+is a K-way cross-entropy over the logits s_j / τ::
+
+    p_j = softmax(s / τ)_j                      the softmax distribution
+    L   = -log p_pos                            the loss
+    ∂L/∂s_j = (p_j - [j = pos]) / τ             the gradient on each similarity
+
+So a negative j is pushed away with weight p_j / τ: at small τ the softmax is sharp, almost all
+of the push goes to the hardest negatives (the most similar ones); at large τ it is spread
+evenly over all negatives and the loss tends to log K.
+
+Sections: pure functions · explorer widget · toy experiment.
+"""
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .plots import plot_softmax_bars
+
+DEFAULT_SIMILARITIES = (0.8, 0.7, 0.55, 0.3, 0.1, -0.1, -0.4)  # pos, 2 hard negatives, easy ones
+DEFAULT_TEMPERATURES = (0.01, 0.07, 0.2, 1.0)
+TAU_MIN, TAU_MAX = 1e-3, 10.0
+
+
+# ----------------------------------------------------------------------------- pure functions
+
+def _row(similarities: Sequence[float] | torch.Tensor, positive: int) -> torch.Tensor:
+    s = torch.as_tensor(similarities, dtype=torch.float64)
+    if s.dim() != 1 or s.numel() < 2:
+        raise ValueError(f"similarities must be a 1-D row of at least 2 values, got shape {tuple(s.shape)}")
+    if not torch.isfinite(s).all():
+        raise ValueError("similarities contain NaN or inf")
+    if not 0 <= positive < s.numel():
+        raise ValueError(f"positive must index the row (0..{s.numel() - 1}), got {positive}")
+    return s
+
+
+def _tau(temperature: float) -> float:
+    t = float(temperature)
+    if not (math.isfinite(t) and t > 0):
+        raise ValueError(f"temperature must be > 0 and finite, got {temperature}")
+    return t
+
+
+def softmax_distribution(similarities, temperature: float) -> torch.Tensor:
+    """p = softmax(s / τ): the probability the model gives each candidate. Shape (K,)."""
+    s = _row(similarities, 0)
+    return torch.softmax(s / _tau(temperature), dim=0)
+
+
+def row_loss(similarities, temperature: float, positive: int = 0) -> float:
+    """L = -log p_pos = logsumexp(s / τ) - s_pos / τ (stable at any τ)."""
+    s, t = _row(similarities, positive), _tau(temperature)
+    return float(torch.logsumexp(s / t, dim=0) - s[positive] / t)
+
+
+def similarity_gradient(similarities, temperature: float, positive: int = 0) -> torch.Tensor:
+    """∂L/∂s_j = (p_j - [j = pos]) / τ, shape (K,): negative on the positive (gradient descent
+    pulls it closer), positive on each negative (pushed away with weight p_j / τ)."""
+    s, t = _row(similarities, positive), _tau(temperature)
+    p = torch.softmax(s / t, dim=0)
+    onehot = torch.zeros_like(p)
+    onehot[positive] = 1.0
+    return (p - onehot) / t
+
+
+def negative_weights(similarities, temperature: float, positive: int = 0) -> torch.Tensor:
+    """The gradient weight p_j / τ on each negative j (the positive's entry is 0). Shape (K,)."""
+    w = similarity_gradient(similarities, temperature, positive).clone()
+    w[positive] = 0.0
+    return w
+
+
+@dataclass(frozen=True)
+class TemperatureView:
+    """Everything the explorer shows for one τ."""
+
+    temperature: float
+    similarities: torch.Tensor  # (K,)
+    positive: int
+    probs: torch.Tensor  # (K,) softmax(s/τ)
+    loss: float  # -log p_pos
+    gradient: torch.Tensor  # (K,) ∂L/∂s
+    negative_share: torch.Tensor  # (K,) p_j / Σ_{k≠pos} p_k on negatives, 0 on the positive
+
+    @property
+    def hardest_negative(self) -> int:
+        return int(torch.argmax(self.negative_share))
+
+
+def explore(similarities=DEFAULT_SIMILARITIES, temperature: float = 0.07, positive: int = 0) -> TemperatureView:
+    """Compute the softmax, loss, gradient and share of the push on each negative at τ."""
+    s = _row(similarities, positive)
+    p = softmax_distribution(s, temperature)
+    neg = p.clone()
+    neg[positive] = 0.0
+    return TemperatureView(
+        temperature=_tau(temperature), similarities=s, positive=positive, probs=p,
+        loss=row_loss(s, temperature, positive), gradient=similarity_gradient(s, temperature, positive),
+        negative_share=neg / neg.sum(),
+    )
+
+
+def loss_curve(similarities=DEFAULT_SIMILARITIES, temperatures=None, positive: int = 0):
+    """(τ values, losses) over a log grid of τ, for the loss-vs-τ panel."""
+    taus = np.geomspace(TAU_MIN, TAU_MAX, 121) if temperatures is None else np.asarray(temperatures, dtype=float)
+    return taus, np.array([row_loss(similarities, t, positive) for t in taus])
+
+
+# ----------------------------------------------------------------------------- plotting (shared by widget and lessons)
+
+def _labels(view: TemperatureView) -> list[str]:
+    return [("pos\n" if j == view.positive else "\n") + f"{v:+.2f}" for j, v in enumerate(view.similarities.tolist())]
+
+
+def draw_view(view: TemperatureView, axes, curve=None) -> dict[str, list]:
+    """Draw the three panels of `view` on three axes; returns the plotted data (for tests)."""
+    ax_p, ax_g, ax_l = axes
+    for ax in axes:
+        ax.clear()
+    labels = _labels(view)
+    plot_softmax_bars(view.probs, labels, view.positive, ax=ax_p,
+                      title=f"softmax(s/τ) at τ = {view.temperature:.3g}",
+                      xlabel="candidate (its cosine similarity s_j)")
+    weights = view.gradient.abs()
+    plot_softmax_bars(weights, labels, view.positive, ax=ax_g, ylim=None,
+                      title="gradient weight |∂L/∂s_j|", ylabel="|∂L/∂s_j| (per unit of similarity)",
+                      xlabel="candidate (green: pulled, grey: pushed)")
+    ax_g.set_yscale("log")  # the weights span many orders of magnitude at small τ
+    for ax in (ax_p, ax_g):
+        ax.tick_params(axis="x", labelsize=8)
+    ax_g.set_ylim(max(1e-6, float(weights[weights > 0].min()) / 2) if (weights > 0).any() else 1e-6,
+                  max(1.0, float(weights.max()) * 2))
+    taus, losses = curve if curve is not None else loss_curve(view.similarities, positive=view.positive)
+    ax_l.plot(taus, losses, color="tab:blue", label="L(τ) for this row")
+    ax_l.axhline(math.log(len(view.similarities)), color="tab:gray", ls="--", label=f"log K = {math.log(len(view.similarities)):.2f}")
+    ax_l.plot([view.temperature], [view.loss], "o", color="tab:red", label=f"τ = {view.temperature:.3g}: L = {view.loss:.3f}")
+    ax_l.set_xscale("log")
+    ax_l.set_title("loss vs temperature")
+    ax_l.set_xlabel("temperature τ (log scale)")
+    ax_l.set_ylabel("loss L (nats)")
+    ax_l.legend(fontsize=7, loc="center left")
+    return {"probs": [b.get_height() for b in ax_p.containers[0]],
+            "weights": [b.get_height() for b in ax_g.containers[0]],
+            "marker": (view.temperature, view.loss)}
+
+
+def plot_temperatures(similarities=DEFAULT_SIMILARITIES, temperatures=(0.01, 0.07, 1.0), positive: int = 0):
+    """Static version of the explorer: one row of panels per τ (for rendered lessons)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(temperatures), 3, figsize=(12, 2.8 * len(temperatures)), squeeze=False)
+    curve = loss_curve(similarities, positive=positive)
+    for row, t in zip(axes, temperatures):
+        draw_view(explore(similarities, t, positive), row, curve)
+    fig.suptitle("Softmax, gradient weights and loss for one row of similarities", y=1.0)
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------- explorer widget
+
+def _widgets():
+    import ipywidgets as widgets
+
+    return widgets
+
+
+class TemperatureExplorer:
+    """The interactive explorer: a log-scale τ slider over the three panels of `draw_view`.
+
+    `explorer.widget` is the ipywidgets box (display it); `explorer.slider` the τ slider;
+    `explorer.update()` redraws for the slider's value and returns the `TemperatureView`
+    (it runs headless, so tests set `slider.value` and read `explorer.plotted`).
+    """
+
+    def __init__(self, similarities=None, positive: int = 0, temperature: float = 0.07):
+        from matplotlib.figure import Figure  # not pyplot: the inline backend must not show it twice
+
+        widgets = _widgets()
+        self.similarities = _row(DEFAULT_SIMILARITIES if similarities is None else similarities, positive)
+        self.positive = positive
+        self._curve = loss_curve(self.similarities, positive=positive)
+        self.figure = Figure(figsize=(11, 3.2), dpi=80)
+        self.axes = self.figure.subplots(1, 3)
+        self.slider = widgets.FloatLogSlider(
+            value=_tau(temperature), base=10, min=math.log10(TAU_MIN), max=math.log10(TAU_MAX), step=0.01,
+            description="τ", readout_format=".3f", continuous_update=True,
+            layout=widgets.Layout(width="480px"),
+        )
+        self.summary = widgets.HTML()
+        self.image = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
+        header = widgets.HTML("<b>Temperature explorer</b>: move τ (log scale, 0.001 to 10) and watch the softmax, "
+                              "the gradient on each negative, and the loss.")
+        self.widget = widgets.VBox([header, widgets.HBox([self.slider, self.summary]), self.image])
+        self.widget.add_class("mmcourse-temperature-explorer")
+        self.plotted: dict[str, list] = {}
+        self.view: TemperatureView | None = None
+        self.slider.observe(lambda change: self.update(change["new"]), names="value")
+        self.update()
+
+    def update(self, temperature: float | None = None) -> TemperatureView:
+        """Recompute and redraw for `temperature` (default: the slider's value)."""
+        t = self.slider.value if temperature is None else _tau(temperature)
+        view = explore(self.similarities, t, self.positive)
+        self.plotted = draw_view(view, self.axes, self._curve)
+        self.figure.tight_layout()
+        buf = io.BytesIO()
+        self.figure.savefig(buf, format="png")
+        self.image.value = buf.getvalue()
+        hard = view.hardest_negative
+        self.summary.value = (f"&nbsp;loss <b>{view.loss:.3f}</b> nats · p(positive) <b>{view.probs[view.positive]:.3f}</b>"
+                              f" · hardest negative (s = {view.similarities[hard]:+.2f}) gets "
+                              f"<b>{100 * view.negative_share[hard]:.0f}%</b> of the push")
+        self.view = view
+        return view
+
+    def _ipython_display_(self):  # display(explorer) shows the widget
+        from IPython.display import display
+
+        display(self.widget)
+
+
+def temperature_explorer(similarities=None, positive: int = 0, temperature: float = 0.07):
+    """Build the explorer widget for a row of similarities (default: `DEFAULT_SIMILARITIES`).
+
+    Returns:
+        The ipywidgets `VBox` to display; its `.explorer` attribute is the `TemperatureExplorer`
+        (slider, update function, last view and plotted data).
+    """
+    explorer = TemperatureExplorer(similarities, positive, temperature)
+    explorer.widget.explorer = explorer
+    return explorer.widget
+
+
+# ----------------------------------------------------------------------------- toy experiment
+
+@dataclass
+class ToyConfig:
+    """A toy image-text problem that trains in about a second per run on one CPU core.
+
+    Each pair shares a latent h = μ_c + noise·ε (class c, `num_classes` centres in
+    `latent_dim` dimensions); the "image" is A h and the "text" is B h (fixed random linear
+    maps to `input_dim`, plus a little independent noise). Two small MLPs embed each view on the
+    unit sphere in `embed_dim` = 3 dimensions, so the embeddings can be plotted.
+    """
+
+    num_classes: int = 10
+    latent_dim: int = 4
+    input_dim: int = 16
+    embed_dim: int = 3
+    hidden_dim: int = 64
+    class_spread: float = 2.0
+    noise: float = 0.5
+    view_noise: float = 0.05
+    num_train: int = 2048
+    num_val: int = 512
+    batch_size: int = 128
+    epochs: int = 6
+    lr: float = 1e-2
+    seed: int = 0
+
+
+def make_toy_data(config: ToyConfig) -> dict[str, dict[str, torch.Tensor]]:
+    """Train and validation pairs plus one noise-free "prompt" per class.
+
+    Returns:
+        {"train": {"image": (N, input_dim), "text": (N, input_dim), "label": (N,)},
+         "val": same with `num_val` rows, "prompts": {"text": (C, input_dim)}}.
+    """
+    g = torch.Generator().manual_seed(config.seed)
+    centres = config.class_spread * torch.randn(config.num_classes, config.latent_dim, generator=g)  # (C, k)
+    a = torch.randn(config.latent_dim, config.input_dim, generator=g) / math.sqrt(config.latent_dim)  # (k, d)
+    b = torch.randn(config.latent_dim, config.input_dim, generator=g) / math.sqrt(config.latent_dim)
+
+    def split(n: int) -> dict[str, torch.Tensor]:
+        label = torch.randint(config.num_classes, (n,), generator=g)  # (n,)
+        h = centres[label] + config.noise * torch.randn(n, config.latent_dim, generator=g)  # (n, k)
+        image = h @ a + config.view_noise * torch.randn(n, config.input_dim, generator=g)
+        text = h @ b + config.view_noise * torch.randn(n, config.input_dim, generator=g)
+        return {"image": image, "text": text, "label": label}
+
+    return {"train": split(config.num_train), "val": split(config.num_val), "prompts": {"text": centres @ b}}
+
+
+class ToyCLIP(torch.nn.Module):
+    """Two MLP towers and a `logit_scale` stored as a log, as in CLIP.
+
+    Args:
+        config: sizes.
+        temperature: a fixed τ (logit_scale = ln(1/τ), not trained), or None for a learned
+            one initialised at ln(1/0.07) as CLIP does.
+    """
+
+    def __init__(self, config: ToyConfig, temperature: float | None = None):
+        super().__init__()
+
+        def tower():
+            return torch.nn.Sequential(torch.nn.Linear(config.input_dim, config.hidden_dim), torch.nn.GELU(),
+                                       torch.nn.Linear(config.hidden_dim, config.embed_dim))
+
+        self.image_encoder, self.text_encoder = tower(), tower()
+        init = math.log(1 / 0.07) if temperature is None else math.log(1 / _tau(temperature))
+        self.logit_scale = torch.nn.Parameter(torch.tensor(init), requires_grad=temperature is None)
+
+    def encode_image(self, image: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        z = self.image_encoder(image)  # (B, embed_dim)
+        return torch.nn.functional.normalize(z, dim=-1) if normalize else z
+
+    def encode_text(self, text: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        z = self.text_encoder(text)  # (B, embed_dim)
+        return torch.nn.functional.normalize(z, dim=-1) if normalize else z
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"image_embeds": self.encode_image(image), "text_embeds": self.encode_text(text),
+                "logit_scale": self.logit_scale.exp()}
+
+
+def toy_loss(model: ToyCLIP, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """`loss_fn` for `mmcourse.train.fit`: the CLIP loss of a batch of toy pairs."""
+    from .losses import clip_loss
+
+    out = model(batch["image"], batch["text"])
+    return clip_loss(out["image_embeds"], out["text_embeds"], out["logit_scale"])
+
+
+@torch.no_grad()
+def evaluate_toy(model: ToyCLIP, data: dict[str, dict[str, torch.Tensor]], split: str = "val") -> dict[str, float]:
+    """Alignment, uniformity (Wang & Isola), zero-shot accuracy against the class prompts, and
+    image→text retrieval R@1 among all pairs of the split."""
+    from .losses import alignment, uniformity
+
+    was_training = model.training
+    model.eval()
+    device = model.logit_scale.device
+    d = {k: v.to(device) for k, v in data[split].items()}
+    img, txt = model.encode_image(d["image"]), model.encode_text(d["text"])  # (N, 3) each
+    prompts = model.encode_text(data["prompts"]["text"].to(device))  # (C, 3)
+    zero_shot = (img @ prompts.T).argmax(dim=1) == d["label"]
+    r1 = (img @ txt.T).argmax(dim=1) == torch.arange(len(img), device=device)
+    model.train(was_training)
+    return {"alignment": alignment(img, txt).item(),
+            "uniformity": ((uniformity(img) + uniformity(txt)) / 2).item(),
+            "zero_shot_top1": zero_shot.float().mean().item(),
+            "image_to_text_R@1": r1.float().mean().item()}
+
+
+class TensorBatches:
+    """Shuffled mini-batches of dict-of-tensors data (a light DataLoader: the toy data sits in
+    memory, so per-sample collation would cost more than the training step). Has a `generator`
+    so that `fit` can save and restore the shuffling state."""
+
+    def __init__(self, data: dict[str, torch.Tensor], batch_size: int, generator: torch.Generator | None = None):
+        self.data, self.batch_size = data, batch_size
+        self.generator = generator or torch.Generator().manual_seed(0)
+        self.n = len(next(iter(data.values())))
+        if self.n < batch_size:
+            raise ValueError(f"batch_size {batch_size} is larger than the data ({self.n} rows)")
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size  # drop the last incomplete batch: every batch has the same N
+
+    def __iter__(self):
+        order = torch.randperm(self.n, generator=self.generator)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            yield {k: v[idx] for k, v in self.data.items()}
+
+
+@dataclass
+class ToyRun:
+    """One run of the experiment."""
+
+    name: str  # "τ = 0.07" or "learned"
+    temperature: float | None  # the fixed τ, or None when learned
+    final_temperature: float  # 1 / exp(logit_scale) at the end
+    metrics: dict[str, float]  # evaluate_toy on the validation split
+    history: object  # mmcourse.train.History
+    model: ToyCLIP = field(repr=False)
+
+
+def run_temperature_experiment(temperatures: Sequence[float] = DEFAULT_TEMPERATURES, learned: bool = True,
+                               config: ToyConfig | None = None) -> list[ToyRun]:
+    """Train one `ToyCLIP` per fixed τ (and one with a learned τ) with `mmcourse.train.fit`.
+
+    Every run sees the same data in the same order from the same initial weights; only the
+    temperature differs.
+
+    Returns:
+        One `ToyRun` per temperature, the learned one last.
+    """
+    from .train import TrainConfig, fit
+
+    config = config or ToyConfig()
+    data = make_toy_data(config)
+    train = data["train"]
+    runs = []
+    for tau in list(temperatures) + ([None] if learned else []):
+        torch.manual_seed(config.seed)  # same initial weights and batch order for every run
+        model = ToyCLIP(config, tau)
+        loader = TensorBatches(train, config.batch_size, torch.Generator().manual_seed(config.seed))
+        history = fit(model, loader, TrainConfig(epochs=config.epochs, lr=config.lr, weight_decay=0.0,
+                                                 seed=config.seed, device="cpu", progress=False),
+                      loss_fn=toy_loss, val_fn=lambda m: evaluate_toy(m, data))
+        runs.append(ToyRun(name="learned" if tau is None else f"τ = {tau:g}", temperature=tau,
+                           final_temperature=float(1 / model.logit_scale.detach().exp()),
+                           metrics=evaluate_toy(model, data), history=history, model=model))
+    return runs
+
+
+def plot_temperature_experiment(runs: Sequence[ToyRun]):
+    """Three panels: alignment vs uniformity (lower-left is better), validation accuracy per
+    run, and the temperature of the learned run over training."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax_au, ax_acc, ax_t) = plt.subplots(1, 3, figsize=(13, 3.6))
+    colours = plt.cm.viridis(np.linspace(0, 0.9, len(runs)))
+    for run, c in zip(runs, colours):
+        m = run.metrics
+        ax_au.scatter(m["uniformity"], m["alignment"], color=c, s=60, label=run.name,
+                      marker="*" if run.temperature is None else "o")
+    ax_au.set(title="alignment vs uniformity (validation)", xlabel="uniformity (log mean exp(−2‖x−y‖²); lower = more spread)",
+              ylabel="alignment (mean ‖x−y‖²; lower = closer pairs)")
+    ax_au.legend(fontsize=8)
+    x = np.arange(len(runs))
+    ax_acc.bar(x - 0.2, [100 * r.metrics["zero_shot_top1"] for r in runs], 0.4, label="zero-shot top-1")
+    ax_acc.bar(x + 0.2, [100 * r.metrics["image_to_text_R@1"] for r in runs], 0.4, label="image→text R@1")
+    ax_acc.set_xticks(x, labels=[r.name for r in runs])
+    ax_acc.set(title="accuracy (validation)", xlabel="temperature", ylabel="accuracy (%)", ylim=(0, 100))
+    ax_acc.legend(fontsize=8)
+    for run, c in zip(runs, colours):
+        taus = 1 / np.asarray(run.history.logit_scale)
+        ax_t.plot(run.history.epoch, taus, color=c, label=run.name, lw=2 if run.temperature is None else 1)
+    ax_t.set_yscale("log")
+    ax_t.set(title="temperature during training", xlabel="epoch", ylabel="τ = 1 / exp(logit_scale) (log scale)")
+    ax_t.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

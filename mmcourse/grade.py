@@ -1,0 +1,467 @@
+"""Grade a folder of submitted exercise notebooks, the way nbgrader's autograder does.
+
+    python -m mmcourse.grade SUBMISSIONS_DIR --assignment 01 [--solutions solutions]
+                             [--out results.csv] [--timeout 120] [--total-timeout 900]
+
+For each student (one sub-folder per student, or one `<name>.ipynb` per student at the top):
+
+1. the notebook is copied into a temporary folder (the submission is never modified);
+2. every graded cell (a cell tagged `check` or holding hidden tests in `solutions/NN_*.ipynb`)
+   is put back from the solution by its nbgrader `grade_id` (= cell id), hidden tests
+   included, so a student cannot edit or delete a check;
+3. the notebook runs in a fresh kernel, every cell, errors allowed, with a time limit per
+   cell and for the whole notebook;
+4. each graded cell passes when it ran without an error: a `CheckFailed` error gives the
+   check's sentence; any other error its name and message; a deleted cell is a "missing cell".
+
+One row per (student, graded cell) goes to a CSV (`student, exercise, passed, points, message`),
+and a summary is printed: the score of each student and the pass rate of each exercise. A
+broken submission (invalid JSON, an empty file, a syntax error, an endless loop, a kernel that
+dies, the wrong notebook) gets its reason in every row and never stops the batch. Exit code 0
+means the grading ran, whatever the students scored.
+
+Student code runs with your permissions: grade untrusted submissions in a container or VM.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+
+from mmcourse.checks.core import CHECK_MIMETYPE
+from mmcourse.exercises import normalise_solution
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CELL_TIMEOUT = 120.0  # seconds per cell: a lesson-sized cell takes seconds
+DEFAULT_TOTAL_TIMEOUT = 900.0  # seconds per notebook
+DEFAULT_CHECK_TIMEOUT = 10.0  # seconds per call of student code inside a check
+PROBE_TIMEOUT = 10  # seconds a kernel may take to answer after an interrupted cell
+CSV_FIELDS = ("student", "exercise", "passed", "points", "message")
+_MESSAGE_CHARS = 300
+
+
+@dataclass(frozen=True)
+class GradeCell:
+    """A graded cell of the assignment, as the solution defines it."""
+
+    grade_id: str
+    points: int
+    source: str  # with hidden tests
+
+
+@dataclass
+class Row:
+    """One line of the results: how one student did on one graded cell."""
+
+    student: str
+    exercise: str
+    passed: bool
+    points: int
+    message: str
+
+
+@dataclass
+class Submission:
+    """The notebook graded for one student, or why there is none."""
+
+    student: str
+    path: Path | None
+    problem: str = ""  # non-empty: not gradable, this is why
+    ignored: list[Path] = field(default_factory=list)  # other notebooks of the same student
+
+
+@dataclass
+class CellRun:
+    """What happened when one cell was (or was not) executed."""
+
+    status: str = "not run"  # "ran", "timeout", "dead", "not run"
+    reason: str = ""  # for "not run" / "dead": why
+
+
+# --------------------------------------------------------------------------- the assignment
+
+
+def find_solution(solutions_dir: Path, assignment: str) -> Path:
+    """`solutions_dir/NN_*.ipynb` for `assignment` "NN", "N" or a full stem "NN_topic"."""
+    pattern = f"{int(assignment):02d}_*.ipynb" if assignment.isdigit() else f"{assignment}.ipynb"
+    matches = sorted(solutions_dir.glob(pattern))
+    if len(matches) != 1:
+        found = ", ".join(p.name for p in matches) or "nothing"
+        raise ValueError(f"expected one solution notebook {pattern} in {solutions_dir}, found {found}")
+    return matches[0]
+
+
+def grade_cells(solution: nbformat.NotebookNode) -> list[GradeCell]:
+    """The graded cells of a solution notebook, in order (nbgrader metadata is derived from the
+    markers and tags if the solution has not been normalised yet)."""
+    cells = []
+    for cell in normalise_solution(solution).cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if meta.get("grade") and not meta.get("solution"):
+            cells.append(GradeCell(meta["grade_id"], int(meta.get("points", 1)), cell.source))
+    return cells
+
+
+def _cell_key(cell: nbformat.NotebookNode) -> str | None:
+    return cell.get("metadata", {}).get("nbgrader", {}).get("grade_id") or cell.get("id")
+
+
+# --------------------------------------------------------------------------- finding submissions
+
+
+def _read_notebook(path: Path) -> tuple[nbformat.NotebookNode | None, str]:
+    """(notebook, "") or (None, why it is not a notebook)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        return None, f"unreadable file ({type(err).__name__})"
+    if not text.strip():
+        return None, "empty file"
+    try:
+        nb = nbformat.reads(text, as_version=4)
+    except Exception as err:  # noqa: BLE001 - any broken file is reported, not raised
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return None, f"not a valid notebook ({_short(first, 120)})"
+    if not isinstance(nb.get("cells"), list):
+        return None, "not a valid notebook (no cells)"
+    return nb, ""
+
+
+def _student_name(rel: Path, stem: str) -> str:
+    if len(rel.parts) > 1:
+        return rel.parts[0]
+    name = rel.stem.replace(stem, "")
+    name = re.sub(r"^[\s_.-]+|[\s_.-]+$", "", name)
+    return name or rel.stem
+
+
+def find_submissions(root: Path, solution_path: Path, solution_ids: set[str]) -> list[Submission]:
+    """One `Submission` per student under `root`, sorted by student.
+
+    A student is a top-level sub-folder (all notebooks below it are theirs) or a top-level
+    notebook (named after the student). When a student has several notebooks, the one named
+    like the assignment wins, then one whose cells come from the solution. A notebook that is
+    neither is reported, not graded.
+    """
+    stem = solution_path.stem
+    by_student: dict[str, list[Path]] = {}
+    for path in sorted(root.rglob("*.ipynb")):
+        rel = path.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
+            continue  # .ipynb_checkpoints, hidden files
+        by_student.setdefault(_student_name(rel, stem), []).append(path)
+
+    submissions = []
+    for student, paths in sorted(by_student.items()):
+        ranked = []
+        for path in paths:
+            nb, problem = _read_notebook(path)
+            named = stem in path.stem
+            shares_cells = nb is not None and any(_cell_key(c) in solution_ids for c in nb.cells)
+            rank = 0 if path.name == solution_path.name else 1 if named else 2 if shares_cells else 3
+            if nb is not None and not nb.cells:
+                problem = "empty notebook (no cells)"
+            elif nb is not None and not shares_cells:  # whatever its name: not this assignment
+                problem = f"not a notebook of this assignment: no cell of {solution_path.name} in it"
+            # a gradable file beats a broken one; then the best name; then the newest
+            ranked.append((bool(problem), rank, -path.stat().st_mtime, str(path), path, problem))
+        ranked.sort()
+        *_, path, problem = ranked[0]
+        submissions.append(Submission(student, path, problem, [r[4] for r in ranked[1:]]))
+    return submissions
+
+
+# --------------------------------------------------------------------------- running a notebook
+
+
+def prepare(nb: nbformat.NotebookNode, cells: list[GradeCell]) -> set[str]:
+    """Put every graded cell's source back from the solution; returns the grade ids missing."""
+    wanted = {c.grade_id: c for c in cells}
+    found: set[str] = set()
+    for cell in nb.cells:
+        key = _cell_key(cell)
+        if key in wanted and key not in found:
+            cell.cell_type = "code"  # a student may have turned it into markdown
+            cell.setdefault("outputs", [])
+            cell.setdefault("execution_count", None)
+            cell.source = wanted[key].source
+            found.add(key)
+    return set(wanted) - found
+
+
+def execute(nb: nbformat.NotebookNode, cwd: Path, cell_timeout: float, total_timeout: float,
+            env: dict[str, str] | None = None) -> list[CellRun]:
+    """Run every code cell of `nb` (in place) in a fresh kernel; never raises for what the
+    notebook does. Returns what happened to each cell.
+
+    A cell past `cell_timeout` is interrupted and the next cell runs; if the kernel does not
+    come back from the interrupt, or dies, or the total time runs out, the remaining cells
+    are not run and say why.
+    """
+    from nbclient import NotebookClient
+    from nbclient.exceptions import DeadKernelError
+
+    runs = [CellRun() for _ in nb.cells]
+    cell_timeout_s = max(1, math.ceil(cell_timeout))
+    client = NotebookClient(
+        nb, timeout=cell_timeout_s, kernel_name="python3", allow_errors=True, interrupt_on_timeout=True,
+        error_on_timeout={"ename": "TimeoutError", "evalue": "cell timed out", "traceback": []},
+        resources={"metadata": {"path": str(cwd)}}, startup_timeout=60, iopub_timeout=2,
+        record_timing=False, shell_timeout_interval=1, shutdown_kernel="immediate",
+    )
+    kernel_env = {**os.environ, **(env or {})}
+    start = time.monotonic()
+    stop_reason = ""
+    # The kernel's own stderr holds only its start-up chatter; the student's output comes via Jupyter.
+    with client.setup_kernel(env=kernel_env, cwd=str(cwd), stderr=subprocess.DEVNULL):
+        for index, cell in enumerate(nb.cells):
+            if cell.cell_type != "code":
+                continue
+            if stop_reason:
+                runs[index].reason = stop_reason
+                continue
+            left = total_timeout - (time.monotonic() - start)
+            if left <= 0:
+                stop_reason = runs[index].reason = f"not run: the notebook used up its {total_timeout:g} s time limit"
+                continue
+            client.timeout = max(1, math.ceil(min(cell_timeout_s, left)))
+            t0 = time.monotonic()
+            try:
+                client.execute_cell(cell, index)
+            except DeadKernelError:
+                runs[index] = CellRun("dead", "the kernel died while running this cell (os._exit, a crash, "
+                                              "or out of memory)")
+                stop_reason = f"not run: the kernel died in cell {index}"
+                continue
+            if time.monotonic() - t0 >= client.timeout - 0.05:
+                runs[index] = CellRun("timeout", f"timed out after {client.timeout} s (an infinite loop?)")
+                if not _responsive(client):
+                    stop_reason = f"not run: cell {index} ran past its time limit and could not be interrupted"
+                continue
+            runs[index] = CellRun("ran")
+    return runs
+
+
+def _responsive(client) -> bool:
+    """After an interrupted cell: does the kernel run a trivial cell again?"""
+    from nbclient.exceptions import DeadKernelError
+
+    client.timeout = PROBE_TIMEOUT
+    try:
+        msg_id = client.kc.execute("pass", store_history=False)
+        return client.wait_for_reply(msg_id) is not None  # None: timed out (and interrupted again)
+    except DeadKernelError:
+        return False
+
+
+# --------------------------------------------------------------------------- reading the results
+
+
+def _short(text: str, limit: int = _MESSAGE_CHARS) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _error_text(error: dict) -> str:
+    """"Name: message" of an error output, without the kernel's temporary file names."""
+    ename, evalue = error.get("ename", "Error"), error.get("evalue", "")
+    evalue = re.sub(r"\([^()]*\.py, line (\d+)\)", r"(line \1)", evalue)  # SyntaxError: (8831.py, line 3)
+    return f"{ename}: {evalue}" if evalue else ename
+
+
+def _error_message(error: dict, earlier_error: str) -> str:
+    ename, evalue = error.get("ename", "Error"), error.get("evalue", "")
+    if ename == "CheckFailed":
+        return _short(evalue.lstrip("✗ "))
+    if ename == "NotImplementedError":
+        return "not attempted: the exercise still raises NotImplementedError"
+    if ename == "KeyboardInterrupt":
+        return "interrupted"
+    message = _error_text(error)
+    if ename == "NameError" and earlier_error:
+        message += f" (an earlier cell failed: {earlier_error})"
+    return _short(message)
+
+
+def collect(student: str, nb: nbformat.NotebookNode, cells: list[GradeCell], runs: list[CellRun],
+            missing: set[str]) -> list[Row]:
+    """One `Row` per graded cell from an executed notebook."""
+    where: dict[str, int] = {}
+    for i, c in enumerate(nb.cells):
+        where.setdefault(_cell_key(c), i)  # the first copy is the one `prepare` restored
+    graded_ids = {c.grade_id for c in cells}
+    earlier_error, first_error_of = "", {}
+    for index, cell in enumerate(nb.cells):  # the first error before each cell, for NameErrors
+        first_error_of[index] = earlier_error
+        if _cell_key(cell) in graded_ids or earlier_error:
+            continue
+        if runs[index].status in ("timeout", "dead"):
+            earlier_error = f"cell {index} {runs[index].reason}"
+            continue
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                earlier_error = _short(f"cell {index}, {_error_text(out)}", 120)
+                break
+
+    rows = []
+    for gc in cells:
+        if gc.grade_id in missing:
+            rows.append(Row(student, gc.grade_id, False, 0, "missing cell"))
+            continue
+        index = where[gc.grade_id]
+        run, outputs = runs[index], nb.cells[index].get("outputs", [])
+        errors = [o for o in outputs if o.get("output_type") == "error"]
+        results = [o["data"][CHECK_MIMETYPE] for o in outputs
+                   if o.get("output_type") in ("display_data", "execute_result") and CHECK_MIMETYPE in o.get("data", {})]
+        results = [r if isinstance(r, dict) else {} for r in results]
+        failed = [r for r in results if not r.get("passed")]
+        if run.status == "timeout":
+            message = run.reason
+        elif run.status in ("dead", "not run"):
+            message = run.reason or "not run"
+        elif errors:
+            message = _error_message(errors[0], first_error_of[index])
+        elif failed:
+            message = _short(f"{failed[0].get('name', '')}: {failed[0].get('message', '')}")
+        else:
+            message = _short("; ".join(f"{r.get('name')}: {r.get('message')}" for r in results) or "passed")
+            rows.append(Row(student, gc.grade_id, True, gc.points, message))
+            continue
+        rows.append(Row(student, gc.grade_id, False, 0, message))
+    return rows
+
+
+# --------------------------------------------------------------------------- one submission, a folder
+
+
+def grade_submission(sub: Submission, cells: list[GradeCell], cell_timeout: float = DEFAULT_CELL_TIMEOUT,
+                     total_timeout: float = DEFAULT_TOTAL_TIMEOUT, env: dict[str, str] | None = None,
+                     executed_dir: Path | None = None) -> list[Row]:
+    """Grade one submission; never raises for anything the submission contains."""
+    def all_failed(message: str) -> list[Row]:
+        return [Row(sub.student, c.grade_id, False, 0, message) for c in cells]
+
+    if sub.problem or sub.path is None:
+        return all_failed(sub.problem or "no notebook")
+    with tempfile.TemporaryDirectory(prefix="mmcourse-grade-") as tmp:
+        copy = Path(tmp) / sub.path.name
+        shutil.copyfile(sub.path, copy)  # the kernel works on (and may scribble next to) a copy
+        nb, problem = _read_notebook(copy)
+        if nb is None:
+            return all_failed(problem)
+        missing = prepare(nb, cells)
+        try:
+            runs = execute(nb, Path(tmp), cell_timeout, total_timeout, env)
+        except Exception as err:  # noqa: BLE001 - e.g. the kernel cannot start: report, go on
+            return all_failed(_short(f"grader error: {type(err).__name__}: {err}"))
+        if executed_dir is not None:
+            executed_dir.mkdir(parents=True, exist_ok=True)
+            nbformat.write(nb, str(executed_dir / f"{sub.student}.ipynb"))
+        return collect(sub.student, nb, cells, runs, missing)
+
+
+def write_csv(rows: list[Row], path: Path) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(CSV_FIELDS)
+        for r in rows:
+            writer.writerow([r.student, r.exercise, r.passed, r.points, r.message])
+
+
+def summary(rows: list[Row], cells: list[GradeCell], submissions: list[Submission]) -> str:
+    """A plain-text table: each student's score, then each exercise's pass rate."""
+    total = sum(c.points for c in cells)
+    students = [s.student for s in submissions]
+    width = max([len("student"), *map(len, students)]) + 2
+    lines = [f"{'student':<{width}}{'score':>9}   note"]
+    for sub in submissions:
+        mine = [r for r in rows if r.student == sub.student]
+        score = sum(r.points for r in mine)
+        note = sub.problem
+        if sub.ignored:
+            note = (note + "; " if note else "") + "also found, not graded: " + ", ".join(p.name for p in sub.ignored)
+        lines.append(f"{sub.student:<{width}}{score:>5}/{total:<3}   {note}".rstrip())
+    lines.append("")
+    ex_width = max([len("exercise"), *(len(c.grade_id) for c in cells)]) + 2
+    lines.append(f"{'exercise':<{ex_width}}{'points':>6}  passed")
+    for c in cells:
+        mine = [r for r in rows if r.exercise == c.grade_id]
+        n_pass = sum(r.passed for r in mine)
+        rate = f"{100 * n_pass / len(mine):.0f}%" if mine else "-"
+        lines.append(f"{c.grade_id:<{ex_width}}{c.points:>6}  {n_pass}/{len(mine)} ({rate})")
+    return "\n".join(lines)
+
+
+def grade_folder(submissions_dir: Path, solution_path: Path, out: Path | None = None,
+                 cell_timeout: float = DEFAULT_CELL_TIMEOUT, total_timeout: float = DEFAULT_TOTAL_TIMEOUT,
+                 executed_dir: Path | None = None, log=None) -> list[Row]:
+    """Grade every submission under `submissions_dir` against `solution_path`; write the CSV
+    to `out` (if given) and print progress and the summary to `log` (default: stdout)."""
+    log = log or sys.stdout
+    solution = nbformat.read(str(solution_path), as_version=4)
+    cells = grade_cells(solution)
+    if not cells:
+        raise ValueError(f"{solution_path} has no graded cell (tag a cell `check` or add hidden tests)")
+    solution_ids = {_cell_key(c) for c in solution.cells} - {None}
+    submissions = find_submissions(submissions_dir, solution_path, solution_ids)
+    env = {"MMCOURSE_CHECK_TIMEOUT": os.environ.get(
+        "MMCOURSE_CHECK_TIMEOUT", f"{min(DEFAULT_CHECK_TIMEOUT, max(1.0, cell_timeout / 4)):g}")}
+    points = sum(c.points for c in cells)
+    print(f"Grading {len(submissions)} submission(s) of {solution_path.name}: {len(cells)} graded cells, "
+          f"{points} points", file=log)
+    rows: list[Row] = []
+    for sub in submissions:
+        t0 = time.monotonic()
+        mine = grade_submission(sub, cells, cell_timeout, total_timeout, env, executed_dir)
+        rows += mine
+        print(f"  {sub.student}: {sum(r.points for r in mine)}/{points} ({time.monotonic() - t0:.1f} s)", file=log)
+    if out is not None:
+        write_csv(rows, out)
+    print("", file=log)
+    print(summary(rows, cells, submissions), file=log)
+    if out is not None:
+        print(f"\nResults: {out}", file=log)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m mmcourse.grade", description="Grade a folder of submitted exercise notebooks.",
+        epilog="Exit code 0 means the grading ran (whatever the scores); 2 means bad arguments.")
+    parser.add_argument("submissions", type=Path, help="folder with one sub-folder or notebook per student")
+    parser.add_argument("--assignment", required=True, help="assignment number (01) or stem (01_infonce)")
+    parser.add_argument("--solutions", type=Path, default=None,
+                        help="folder of solution notebooks (default: ./solutions, else the course's)")
+    parser.add_argument("--out", type=Path, default=Path("results.csv"), help="CSV to write (default: results.csv)")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_CELL_TIMEOUT, help="seconds per cell")
+    parser.add_argument("--total-timeout", type=float, default=DEFAULT_TOTAL_TIMEOUT, help="seconds per notebook")
+    parser.add_argument("--executed", type=Path, default=None,
+                        help="also save each executed notebook here (<student>.ipynb), e.g. to return feedback")
+    args = parser.parse_args(argv)
+
+    solutions = args.solutions or (Path("solutions") if Path("solutions").is_dir() else ROOT / "solutions")
+    if not args.submissions.is_dir():
+        print(f"error: {args.submissions} is not a folder", file=sys.stderr)
+        return 2
+    try:
+        solution_path = find_solution(solutions, args.assignment)
+        grade_folder(args.submissions, solution_path, args.out, args.timeout, args.total_timeout, args.executed)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -226,14 +226,14 @@ class CLIPConfig:
     vit_pool: str = "cls"  # "cls" | "mean"
     # text tower
     text_encoder: str = "transformer"  # "transformer" | "bow"
-    vocab_size: int = 64
-    context_length: int = 16
+    vocab_size: int = 128  # >= the tokenizer's (76 for `default_tokenizer()`)
+    context_length: int = 20  # as `mmcourse.tokenizer.DEFAULT_CONTEXT_LENGTH`
     text_width: int = 128
     text_layers: int = 2
     text_heads: int = 4
     text_causal: bool = True
     text_pool: str = "eot"  # "eot" | "mean"
-    pad_token_id: int | None = None  # used to build the attention mask when none is given
+    pad_token_id: int | None = 0  # builds the attention mask when none is given (None: no padding)
     # joint space
     embed_dim: int = 64
     shared_projection: bool = False

@@ -31,8 +31,8 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from .losses import clip_loss, siglip_loss
 from .utils import get_device, seed_everything
 
 # ----------------------------------------------------------------------------------------------
@@ -148,18 +148,9 @@ class History:
 # Pieces of the loop: the loss, the optimizer, the schedule
 
 
-def _contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
-    try:
-        from .losses import clip_loss
-    except ImportError:  # the losses module is written in parallel; this is the same formula
-        logits = logit_scale * image_emb @ text_emb.T  # (B, B)
-        labels = torch.arange(logits.shape[0], device=logits.device)
-        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
-    return clip_loss(image_emb, text_emb, logit_scale)
-
-
 def clip_loss_fn(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The default `loss_fn`: the symmetric CLIP loss of a batch of matching image-caption pairs.
+    """The default `loss_fn`: the symmetric CLIP loss of a batch of matching image-caption pairs
+    (`mmcourse.losses.clip_loss`; the sigmoid loss `siglip_loss` if the model has a `logit_bias`).
 
     Args:
         model: a `CLIP` (anything whose forward returns `image_embeds`, `text_embeds` and
@@ -175,7 +166,9 @@ def clip_loss_fn(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tens
         raise ValueError(f"the batch lacks {sorted(missing)}: the CLIP loss needs images and captions "
                          f"(or pass your own loss_fn)")
     out = model(image=batch["image"], input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"))
-    return _contrastive_loss(out["image_embeds"], out["text_embeds"], out["logit_scale"])
+    if out["logit_bias"] is not None:  # a SigLIP model
+        return siglip_loss(out["image_embeds"], out["text_embeds"], out["logit_scale"], out["logit_bias"])
+    return clip_loss(out["image_embeds"], out["text_embeds"], out["logit_scale"])
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:

@@ -339,3 +339,17 @@ def test_history_round_trip():
     h = History(step=[1], epoch=[0.5], loss=[2.0], logit_scale=[14.3], lr=[1e-3], time=[0.1],
                 val=[{"epoch": 1.0, "acc": 0.5}])
     assert History.from_dict(h.to_dict()) == h
+
+
+def test_default_loss_is_siglip_for_a_model_with_bias():
+    from mmcourse.losses import siglip_loss
+
+    torch.manual_seed(0)
+    model = CLIP(CLIPConfig(**TINY, init_logit_bias=-10.0, init_logit_scale=math.log(10)))
+    batch = next(iter(DataLoader(ToyPairs(8), batch_size=8)))
+    out = model(batch["image"], batch["input_ids"], batch["attention_mask"])
+    labels = 2 * torch.eye(8) - 1  # +1 on the diagonal, -1 elsewhere
+    ref = -F.logsigmoid(labels * out.logits_per_image).sum() / 8
+    torch.testing.assert_close(clip_loss_fn(model, batch), ref)
+    torch.testing.assert_close(clip_loss_fn(model, batch),
+                               siglip_loss(out.image_embeds, out.text_embeds, out.logit_scale, out.logit_bias))

@@ -1,0 +1,336 @@
+"""Helpers for `tests/test_browser.py`: start the course's JupyterLab and drive it in Chromium.
+
+The server is started the way a learner starts it (`scripts/lab.sh`, i.e. `make lab`), on
+127.0.0.1 with a random token, a free port, and settings/workspace folders of its own so the
+test neither reads nor changes a learner's JupyterLab settings. The browser is Debian's
+`chromium` (`scripts/install_browser.sh`) driven by the Python `playwright` package through
+`executable_path`; `playwright install` is never needed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+LAB_SCRIPT = REPO / "scripts" / "lab.sh"
+CHROMIUM = Path(os.environ.get("MMCOURSE_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+# JupyterLab must never reach the network: no news feed, no update check, no PyPI extension
+# manager. These also belong in scripts/lab.sh for learners (see the report on issue 7).
+OFFLINE_LAB_ARGS = [
+    "--LabApp.news_url=None",
+    "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+    "--LabApp.extension_manager=readonly",
+]
+
+# User settings written into the server's private settings folder. `fetchNews`/`checkForUpdates`
+# repeat the offline flags on the front-end side (no "Would you like to receive news?" toast);
+# no autosave, so outputs of the test's runs are never written into the repo's notebooks;
+# windowing "none" keeps every cell in the DOM so a search for error text sees all outputs.
+LAB_USER_SETTINGS = {
+    "@jupyterlab/docmanager-extension/plugin.jupyterlab-settings": {"autosave": False},
+    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {
+        "fetchNews": "false",
+        "checkForUpdates": False,
+    },
+    "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
+}
+
+
+def browser_unavailable_reason() -> str | None:
+    """Why the browser test cannot run here, or None when Chromium and playwright are present."""
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the Python package `playwright` is not installed (pip install -e '.[dev]')"
+    if not (CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK)):
+        return f"no Chromium at {CHROMIUM} (run scripts/install_browser.sh)"
+    return None
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class LabServer:
+    """A JupyterLab started through `scripts/lab.sh` in its own process group.
+
+    Use as a context manager; `stop()` kills the whole process group (server and kernels)
+    even when the test failed.
+    """
+
+    workdir: Path
+    startup_timeout: float = 60.0
+    port: int = field(default_factory=free_port)
+    token: str = field(default_factory=lambda: secrets.token_hex(16))
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "jupyterlab.log"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def lab_url(self, path: str) -> str:
+        """The URL that opens `path` (relative to the repo) in a fresh JupyterLab workspace."""
+        return f"{self.url}/lab/tree/{path}?reset&token={self.token}"
+
+    def api(self, method: str, endpoint: str, timeout: float = 10.0):
+        """Call the server's REST API; returns the decoded JSON (or None for an empty reply)."""
+        req = urllib.request.Request(
+            f"{self.url}/api/{endpoint}",
+            method=method,
+            headers={"Authorization": f"token {self.token}"},
+        )
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            body = resp.read()
+        return json.loads(body) if body else None
+
+    def start(self) -> "LabServer":
+        settings = self.workdir / "lab-settings"
+        for name, value in LAB_USER_SETTINGS.items():
+            (settings / name).parent.mkdir(parents=True, exist_ok=True)
+            (settings / name).write_text(json.dumps(value))
+        env = dict(
+            os.environ,
+            JUPYTERLAB_SETTINGS_DIR=str(settings),
+            JUPYTERLAB_WORKSPACES_DIR=str(self.workdir / "lab-workspaces"),
+            JUPYTER_RUNTIME_DIR=str(self.workdir / "runtime"),
+            MMCOURSE_NUM_THREADS=os.environ.get("MMCOURSE_NUM_THREADS", "1"),
+            PYTHONUNBUFFERED="1",
+        )
+        args = [
+            str(LAB_SCRIPT),
+            "--no-browser",
+            f"--port={self.port}",
+            "--ServerApp.port_retries=0",  # fail rather than silently take another port
+            f"--IdentityProvider.token={self.token}",
+            "--LabApp.expose_app_in_browser=True",  # window.jupyterapp, to run commands
+            # checkpoints (written on open) go to the temporary folder, not next to the notebooks
+            f"--FileCheckpoints.checkpoint_dir={self.workdir / 'checkpoints'}",
+            *OFFLINE_LAB_ARGS,
+        ]
+        self.log_file = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            args, cwd=REPO, env=env, stdout=self.log_file, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,  # own process group, see stop()
+        )
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"JupyterLab exited with code {self.proc.returncode} during start-up; "
+                    f"its log:\n{self.log()[-3000:]}"
+                )
+            try:
+                self.api("GET", "status", timeout=2)
+                return self
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                time.sleep(0.25)
+        self.stop()
+        raise RuntimeError(
+            f"JupyterLab did not answer /api/status within {self.startup_timeout:.0f} s; "
+            f"its log:\n{self.log()[-3000:]}"
+        )
+
+    def shutdown_kernels(self) -> None:
+        """Shut down every kernel (frees the CPU between notebooks)."""
+        for session in self.api("GET", "sessions"):
+            self.api("DELETE", f"sessions/{session['id']}")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                pgid = os.getpgid(self.proc.pid)
+                os.killpg(pgid, signal.SIGTERM)  # the server and every kernel it started
+                try:
+                    self.proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    pass
+                os.killpg(pgid, signal.SIGKILL)  # kernels that outlived the server
+            except ProcessLookupError:
+                pass
+            self.proc.wait(timeout=10)
+        self.log_file.close()
+        self.proc = None
+
+    def __enter__(self) -> "LabServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def launch_chromium(playwright):
+    """Debian's Chromium, headless, through playwright's `executable_path`."""
+    return playwright.chromium.launch(
+        executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+    )
+
+
+# --- driving one notebook in one page -------------------------------------------------------
+
+_KERNEL_IDLE_JS = """() => {
+    const w = window.jupyterapp.shell.currentWidget;
+    const kernel = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;
+    const bar = document.querySelector('#jp-main-statusbar');
+    // the status bar's "| Idle" is the reliable signal; the toolbar indicator goes idle too early
+    return Boolean(kernel && kernel.status === 'idle' && bar && bar.innerText.includes('| Idle'));
+}"""
+
+# Everything a plot can be drawn as in an output: inline PNG/JPEG, SVG, a canvas (ipympl).
+PLOT_SELECTOR = ".jp-OutputArea-output img, .jp-OutputArea-output svg, .jp-OutputArea-output canvas"
+
+_PLOTS_SIGNATURE_JS = """(cell) => [...cell.querySelectorAll(%r)].map(e =>
+    e.tagName === 'IMG' ? e.src : e.tagName === 'CANVAS' ? e.toDataURL() : e.outerHTML
+).join('|')""" % PLOT_SELECTOR
+
+
+class NotebookPage:
+    """One Chromium page showing one notebook of a `LabServer` in JupyterLab.
+
+    Every request the page makes off the server (e.g. a news feed, a CDN) is blocked and
+    recorded in `offsite_requests`.
+    """
+
+    def __init__(self, page, server: LabServer):
+        self.page = page
+        self.server = server
+        self.offsite_requests: list[str] = []
+        page.set_default_timeout(60_000)
+        page.route("**/*", self._only_localhost)
+
+    def _only_localhost(self, route) -> None:
+        url = route.request.url
+        if url.startswith(self.server.url + "/") or url.startswith(("data:", "blob:")):
+            route.continue_()
+        else:
+            self.offsite_requests.append(url)
+            route.abort()
+
+    def open(self, path: str, timeout: float = 90.0) -> None:
+        """Open `path` (relative to the repo) and wait until its kernel is idle."""
+        page = self.page
+        page.goto(self.server.lab_url(path))
+        page.wait_for_function("() => window.jupyterapp !== undefined")
+        page.evaluate("async () => { await window.jupyterapp.restored; }")
+        page.wait_for_function(
+            """(path) => {
+                if (document.querySelector('.jp-Dialog')) return true;  // e.g. "File Load Error"
+                const w = window.jupyterapp.shell.currentWidget;
+                return Boolean(w && w.context && w.context.path === path && w.context.isReady
+                               && w.content && w.content.widgets);
+            }""",
+            arg=path,
+            timeout=timeout * 1000,
+            polling=100,
+        )
+        if self.dialogs():
+            raise AssertionError(f"{path}: JupyterLab shows a dialog on opening: {self.dialogs()}")
+        page.evaluate("() => window.jupyterapp.shell.collapseLeft()")  # more room for the notebook
+        self.wait_kernel_idle(timeout)
+
+    def wait_kernel_idle(self, timeout: float = 90.0) -> None:
+        self.page.wait_for_function(_KERNEL_IDLE_JS, timeout=timeout * 1000, polling=100)
+
+    def kernel_idle(self) -> bool:
+        return self.page.evaluate(_KERNEL_IDLE_JS)
+
+    def run_all(self, timeout: float = 180.0) -> None:
+        """Run all cells (the Run menu's "Run All Cells") and wait for the kernel to be idle."""
+        ok = self.page.evaluate(
+            "async () => await window.jupyterapp.commands.execute('notebook:run-all-cells')"
+        )
+        assert ok, "JupyterLab's 'Run All Cells' reported a failure"
+        self.wait_kernel_idle(timeout)
+
+    def cell_count(self) -> int:
+        """How many cells JupyterLab rendered for the current notebook."""
+        return self.page.evaluate(
+            "() => window.jupyterapp.shell.currentWidget.content.widgets.length"
+        )
+
+    def notebook_json(self) -> dict:
+        """The notebook as JupyterLab holds it (nbformat JSON, outputs included)."""
+        return self.page.evaluate(
+            "() => window.jupyterapp.shell.currentWidget.content.model.toJSON()"
+        )
+
+    def widget_views(self) -> tuple[int, int]:
+        """(widget outputs in the notebook, of those rendered as a live widget view)."""
+        in_model = sum(
+            "application/vnd.jupyter.widget-view+json" in out.get("data", {})
+            for cell in self.notebook_json()["cells"]
+            for out in cell.get("outputs", [])
+        )
+        rendered = self.page.evaluate(
+            """() => [...document.querySelectorAll('.jp-NotebookPanel .jp-OutputArea-output')]
+                .filter(e => !e.parentElement.closest('.jupyter-widgets'))  // top level only
+                .filter(e => e.firstElementChild && e.firstElementChild.classList.contains('jupyter-widgets'))
+                .length"""
+        )
+        return in_model, rendered
+
+    def dialogs(self) -> list[str]:
+        """Texts of the dialogs JupyterLab shows (an error on opening shows up here)."""
+        return [d.inner_text() for d in self.page.locator(".jp-Dialog").all() if d.is_visible()]
+
+    def notebook_text(self) -> str:
+        return self.page.locator(".jp-NotebookPanel").first.inner_text()
+
+    def wait_stable(self, signature, quiet: float = 1.5, timeout: float = 60.0) -> str:
+        """Wait until `signature()` stays the same and the kernel idle for `quiet` seconds.
+
+        Catches the last of several redraws rather than an intermediate one.
+        Returns the final signature.
+        """
+        deadline = time.monotonic() + timeout
+        last, since = None, time.monotonic()
+        while time.monotonic() < deadline:
+            current = signature() if self.kernel_idle() else None
+            if current is None or current != last:
+                last, since = current, time.monotonic()
+            elif time.monotonic() - since >= quiet:
+                return current
+            time.sleep(0.2)
+        raise TimeoutError(f"the page did not settle within {timeout:.0f} s")
+
+    def plots_signature(self, cell) -> str:
+        """A hash of the drawn content of every plot in `cell`'s outputs (image data, SVG, canvas)."""
+        drawn = cell.evaluate(_PLOTS_SIGNATURE_JS)
+        return hashlib.sha256(drawn.encode()).hexdigest()[:16] if drawn else ""
+
+    def screenshot(self, path: Path) -> bytes:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return self.page.screenshot(path=str(path))

@@ -1,0 +1,172 @@
+"""The course as a learner meets it: JupyterLab (started by `scripts/lab.sh`) in headless Chromium.
+
+1. Lesson 02's temperature explorer renders in the browser and responds: after "Run All Cells",
+   moving the τ slider redraws the plot.
+2. Every lesson notebook opens with no error dialog; in lessons with widgets, every widget
+   renders after "Run All Cells" (no "Error displaying widget", no traceback).
+
+Screenshots land in `build/browser/` for a person to look at. Needs Debian's Chromium
+(`scripts/install_browser.sh`) and the `playwright` package (dev extra; never `playwright
+install`). Skipped locally when either is missing; in CI (`CI=true`) that is a failure instead.
+Run it alone with `pytest -m browser`.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from browser_helpers import (
+    PLOT_SELECTOR,
+    REPO,
+    LabServer,
+    NotebookPage,
+    browser_unavailable_reason,
+    launch_chromium,
+)
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
+
+SHOTS = REPO / "build" / "browser"
+LESSON_02 = "notebooks/02_temperature.ipynb"
+LESSONS = sorted(p.relative_to(REPO).as_posix() for p in REPO.glob("notebooks/[0-9][0-9]_*.ipynb"))
+WIDGET_ERROR = "Error displaying widget"
+TRACEBACK = "Traceback (most recent call last)"
+SLIDER_PRESSES = 6  # ArrowRight presses on the τ handle: several steps, still inside the range
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """One JupyterLab for the whole module; its process group is killed at the end, pass or fail."""
+    reason = browser_unavailable_reason()
+    if reason:
+        if _in_ci():
+            pytest.fail(f"the browser test must run in CI, but {reason}", pytrace=False)
+        pytest.skip(f"no headless browser here: {reason}")
+    for old in SHOTS.glob("*.png"):  # screenshots of an earlier run would mislead
+        old.unlink()
+    with LabServer(tmp_path_factory.mktemp("jupyterlab")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def browser(lab):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = launch_chromium(playwright)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def nb_page(browser, lab, request):
+    """A fresh page (own browser context); kernels shut down afterwards; screenshot on failure."""
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    page = NotebookPage(context.new_page(), lab)
+    failed_before = request.session.testsfailed
+    yield page
+    if request.session.testsfailed > failed_before:
+        name = re.sub(r"[^\w.-]+", "_", request.node.name)
+        page.screenshot(SHOTS / f"FAILED_{name}.png")
+        print(f"JupyterLab log (tail):\n{lab.log()[-3000:]}")
+    context.close()
+    lab.shutdown_kernels()
+
+
+def _sha(path: str) -> str:
+    return hashlib.sha256((REPO / path).read_bytes()).hexdigest()
+
+
+def _may_show_widgets(path: str) -> bool:
+    """Whether a notebook's code looks like it displays ipywidgets (then the test runs it)."""
+    nb = nbformat.read(REPO / path, as_version=4)
+    pattern = re.compile(r"import ipywidgets|from ipywidgets|widgets\.|interact|explorer|slider", re.I)
+    return any(c.cell_type == "code" and pattern.search(c.source) for c in nb.cells)
+
+
+def _assert_clean(page: NotebookPage, where: str) -> None:
+    """No error dialog, no widget that failed to render, no traceback, nothing fetched off-site."""
+    assert page.dialogs() == [], f"{where}: JupyterLab shows an error dialog: {page.dialogs()}"
+    text = page.notebook_text()
+    assert WIDGET_ERROR not in text, f"{where}: a widget failed to render ({WIDGET_ERROR!r})"
+    assert TRACEBACK not in text, f"{where}: an output shows a traceback"
+    assert page.offsite_requests == [], f"{where}: the page tried the network: {page.offsite_requests}"
+
+
+def test_temperature_slider_redraws_the_plot(nb_page: NotebookPage):
+    if not (REPO / LESSON_02).exists():
+        pytest.fail(f"{LESSON_02} is missing", pytrace=False)
+    on_disk = _sha(LESSON_02)
+    page = nb_page.page
+    nb_page.open(LESSON_02)
+    nb_page.run_all()
+
+    # The τ slider: an ipywidgets (Float)LogSlider whose description is "τ".
+    slider = page.locator(".widget-slider", has=page.locator(".widget-label", has_text="τ")).first
+    slider.wait_for()
+    cell = page.locator(".jp-Cell", has=slider).first
+    outputs = cell.locator(".jp-Cell-outputWrapper")
+    handle = slider.locator(".noUi-handle")
+    readout = slider.locator(".widget-readout")
+
+    signature = lambda: nb_page.plots_signature(cell)  # noqa: E731
+    before = nb_page.wait_stable(signature)
+    assert before, "the cell with the τ slider shows no plot (no image, SVG or canvas)"
+    _assert_clean(nb_page, f"{LESSON_02} after Run All Cells")
+    tau_before = readout.inner_text()
+    outputs.scroll_into_view_if_needed()
+    nb_page.screenshot(SHOTS / "02_temperature_1_before.png")
+    outputs.screenshot(path=str(SHOTS / "02_temperature_1_before_widget.png"))
+    plots_before = [p.screenshot() for p in cell.locator(PLOT_SELECTOR).all()]
+
+    handle.focus()
+    for _ in range(SLIDER_PRESSES):
+        handle.press("ArrowRight")
+    after = nb_page.wait_stable(signature)
+    tau_after = readout.inner_text()
+
+    outputs.scroll_into_view_if_needed()
+    nb_page.screenshot(SHOTS / "02_temperature_2_after.png")
+    outputs.screenshot(path=str(SHOTS / "02_temperature_2_after_widget.png"))
+    plots_after = [p.screenshot() for p in cell.locator(PLOT_SELECTOR).all()]
+
+    assert float(tau_after) > float(tau_before), (
+        f"pressing ArrowRight on the τ slider did not raise τ (readout {tau_before} -> {tau_after})"
+    )
+    assert after != before, f"moving τ from {tau_before} to {tau_after} did not redraw the plot"
+    assert plots_after != plots_before, (
+        f"the plot looks the same at τ = {tau_before} and τ = {tau_after} (pixel-identical)"
+    )
+    _assert_clean(nb_page, f"{LESSON_02} after moving τ")
+    assert _sha(LESSON_02) == on_disk, f"the browser test changed {LESSON_02} on disk"
+
+
+@pytest.mark.parametrize("path", LESSONS)
+def test_lesson_opens_without_errors(nb_page: NotebookPage, path: str):
+    on_disk = _sha(path)
+    nb_page.open(path)
+    stem = Path(path).stem
+    expected_cells = len(nbformat.read(REPO / path, as_version=4).cells)
+    assert nb_page.cell_count() == expected_cells, (
+        f"{path}: JupyterLab shows {nb_page.cell_count()} cells, the file has {expected_cells}"
+    )
+    _assert_clean(nb_page, f"{path} on opening")
+    if _may_show_widgets(path):
+        nb_page.run_all()
+        nb_page.wait_stable(nb_page.widget_views)
+        in_model, rendered = nb_page.widget_views()
+        assert rendered == in_model, (
+            f"{path}: {in_model} widget outputs after Run All Cells, {rendered} rendered as widgets"
+        )
+        _assert_clean(nb_page, f"{path} after Run All Cells")
+    nb_page.screenshot(SHOTS / f"open_{stem}.png")
+    assert _sha(path) == on_disk, f"the browser test changed {path} on disk"

@@ -355,6 +355,68 @@ def encode_dataset(model: torch.nn.Module, loader: Iterable[dict[str, Any]],
     return image_emb, text_emb, torch.cat(labels)
 
 
+class ImageClassifier(torch.nn.Module):
+    """A CLIP image tower with a linear head on its normalised embedding: `logits = head(x / |x|)`.
+
+    One architecture for three rows of lesson 05's table: trained from a random `CLIP` (the
+    supervised baseline), or fine-tuned from a trained one with the head initialised to the
+    zero-shot classifier (so training starts at zero-shot accuracy, as in LP-FT / FLYP). Train
+    it with `mmcourse.train.fit(model, loader, config, loss_fn=classification_loss)`.
+
+    Args:
+        clip: a `CLIP`; its `encode_image` is the image tower (the text tower is not used).
+        num_classes: C, for a randomly initialised head.
+        zero_shot_weights: (D, C) from `build_zero_shot_classifier`, to initialise the head.
+        logit_scale: multiplier of the zero-shot head (open_clip uses 100).
+    """
+
+    def __init__(self, clip: torch.nn.Module, num_classes: int | None = None,
+                 zero_shot_weights: torch.Tensor | None = None, logit_scale: float = 100.0):
+        super().__init__()
+        if (num_classes is None) == (zero_shot_weights is None):
+            raise ValueError("give exactly one of num_classes (random head) or zero_shot_weights (zero-shot head)")
+        self.clip = clip
+        if zero_shot_weights is not None:
+            d, num_classes = zero_shot_weights.shape
+        else:
+            d = clip.encode_image(torch.zeros(1, clip.config.in_channels, clip.config.image_size,
+                                              clip.config.image_size, device=_model_device(clip))).shape[1]
+        self.head = torch.nn.Linear(d, num_classes)
+        if zero_shot_weights is not None:
+            with torch.no_grad():
+                self.head.weight.copy_(logit_scale * zero_shot_weights.T)  # (C, D)
+                self.head.bias.zero_()
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) images -> (B, num_classes) logits."""
+        return self.head(self.clip.encode_image(image, normalize=True))
+
+
+def classification_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """`loss_fn` for `fit`: cross-entropy of `model(batch["image"])` against `batch["label"]`."""
+    return F.cross_entropy(model(batch["image"]), batch["label"])
+
+
+@torch.no_grad()
+def classifier_accuracy(model: torch.nn.Module, loader: Iterable[dict[str, Any]],
+                        device: torch.device | str | None = None) -> float:
+    """Top-1 accuracy of an image classifier (`model(image) -> (B, C)`) over a loader."""
+    device = torch.device(device) if device is not None else _model_device(model)
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    try:
+        for batch in loader:
+            pred = model(batch["image"].to(device)).argmax(dim=1).cpu()
+            correct += (pred == batch["label"]).sum().item()
+            total += len(pred)
+    finally:
+        model.train(was_training)
+    if total == 0:
+        raise ValueError("the loader yielded no batches")
+    return correct / total
+
+
 class LinearProbe(NamedTuple):
     """What `linear_probe` returns: test accuracy and the fitted scikit-learn classifier."""
 

@@ -337,3 +337,36 @@ def test_linear_probe_bad_input():
         ev.linear_probe(x, y, x[:, :2], y)
     with pytest.raises(ValueError, match="NaN"):
         ev.linear_probe(x, y, torch.full_like(x, float("nan")), y)
+
+
+# --------------------------------------------------------------- supervised / fine-tuning
+def _tiny_clip():
+    from mmcourse.models import CLIP, CLIPConfig
+
+    torch.manual_seed(0)
+    return CLIP(CLIPConfig(image_size=8, in_channels=1, image_width=16, cnn_channels=(4, 8), vocab_size=20,
+                           context_length=6, text_width=16, text_layers=1, text_heads=2, embed_dim=8))
+
+
+def test_image_classifier_starts_at_zero_shot_logits():
+    clip = _tiny_clip()
+    weights = F.normalize(torch.randn(8, 3), dim=0)  # (D, C)
+    model = ev.ImageClassifier(clip, zero_shot_weights=weights, logit_scale=50.0).eval()
+    images = torch.rand(5, 1, 8, 8)
+    expected = ev.zero_shot_logits(clip.encode_image(images).detach(), weights, logit_scale=50.0)
+    torch.testing.assert_close(model(images).detach(), expected)
+    labels = torch.tensor([0, 1, 2, 0, 1])
+    batch = {"image": images, "label": labels}
+    torch.testing.assert_close(ev.classification_loss(model, batch), F.cross_entropy(model(images), labels))
+    loader = [batch, {"image": images[:2], "label": labels[:2]}]
+    manual = ((model(images).argmax(1) == labels).sum() + (model(images[:2]).argmax(1) == labels[:2]).sum()) / 7
+    assert ev.classifier_accuracy(model, loader) == pytest.approx(manual.item())
+
+
+def test_image_classifier_random_head_and_errors():
+    model = ev.ImageClassifier(_tiny_clip(), num_classes=4)
+    assert model(torch.rand(2, 1, 8, 8)).shape == (2, 4)
+    with pytest.raises(ValueError, match="exactly one of"):
+        ev.ImageClassifier(_tiny_clip())
+    with pytest.raises(ValueError, match="no batches"):
+        ev.classifier_accuracy(model, [])

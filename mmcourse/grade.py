@@ -58,6 +58,7 @@ class GradeCell:
     grade_id: str
     points: int
     source: str  # with hidden tests
+    label: str = ""  # the name in the CSV and summary (readable; see `_label`)
 
 
 @dataclass
@@ -109,8 +110,28 @@ def grade_cells(solution: nbformat.NotebookNode) -> list[GradeCell]:
     for cell in normalise_solution(solution).cells:
         meta = cell.metadata.get("nbgrader", {})
         if meta.get("grade") and not meta.get("solution"):
-            cells.append(GradeCell(meta["grade_id"], int(meta.get("points", 1)), cell.source))
-    return cells
+            cells.append(GradeCell(meta["grade_id"], int(meta.get("points", 1)), cell.source,
+                                   _label(meta["grade_id"], cell.source)))
+    seen: dict[str, int] = {}
+    for c in cells:
+        seen[c.label] = seen.get(c.label, 0) + 1
+    return [c if seen[c.label] == 1 else GradeCell(c.grade_id, c.points, c.source, f"{c.label} [{c.grade_id}]")
+            for c in cells]
+
+
+_AUTO_ID = re.compile(r"[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}|[0-9a-f]{8,32}")
+
+
+def _label(grade_id: str, source: str) -> str:
+    """A graded cell's name for people: its id if an author chose it (`check-info-nce`), else,
+    for a generated id like `3fc37749`, the cell's `# Check: ...` title or the check it calls."""
+    if not _AUTO_ID.fullmatch(grade_id):
+        return grade_id
+    title = re.search(r"^#\s*Check:\s*(.+?)\s*$", source, re.MULTILINE)
+    if title:
+        return title.group(1)
+    call = re.search(r"\b(check_\w+)\s*\(", source)
+    return call.group(1) if call else grade_id
 
 
 def _cell_key(cell: nbformat.NotebookNode) -> str | None:
@@ -221,10 +242,10 @@ def execute(nb: nbformat.NotebookNode, cwd: Path, cell_timeout: float, total_tim
         record_timing=False, shell_timeout_interval=1, shutdown_kernel="immediate",
     )
     kernel_env = {**os.environ, **(env or {})}
-    start = time.monotonic()
     stop_reason = ""
     # The kernel's own stderr holds only its start-up chatter; the student's output comes via Jupyter.
     with client.setup_kernel(env=kernel_env, cwd=str(cwd), stderr=subprocess.DEVNULL):
+        start = time.monotonic()  # the student's time starts when the kernel is up
         for index, cell in enumerate(nb.cells):
             if cell.cell_type != "code":
                 continue
@@ -317,7 +338,7 @@ def collect(student: str, nb: nbformat.NotebookNode, cells: list[GradeCell], run
     rows = []
     for gc in cells:
         if gc.grade_id in missing:
-            rows.append(Row(student, gc.grade_id, False, 0, "missing cell"))
+            rows.append(Row(student, gc.label, False, 0, "missing cell"))
             continue
         index = where[gc.grade_id]
         run, outputs = runs[index], nb.cells[index].get("outputs", [])
@@ -336,9 +357,9 @@ def collect(student: str, nb: nbformat.NotebookNode, cells: list[GradeCell], run
             message = _short(f"{failed[0].get('name', '')}: {failed[0].get('message', '')}")
         else:
             message = _short("; ".join(f"{r.get('name')}: {r.get('message')}" for r in results) or "passed")
-            rows.append(Row(student, gc.grade_id, True, gc.points, message))
+            rows.append(Row(student, gc.label, True, gc.points, message))
             continue
-        rows.append(Row(student, gc.grade_id, False, 0, message))
+        rows.append(Row(student, gc.label, False, 0, message))
     return rows
 
 
@@ -350,7 +371,7 @@ def grade_submission(sub: Submission, cells: list[GradeCell], cell_timeout: floa
                      executed_dir: Path | None = None) -> list[Row]:
     """Grade one submission; never raises for anything the submission contains."""
     def all_failed(message: str) -> list[Row]:
-        return [Row(sub.student, c.grade_id, False, 0, message) for c in cells]
+        return [Row(sub.student, c.label, False, 0, message) for c in cells]
 
     if sub.problem or sub.path is None:
         return all_failed(sub.problem or "no notebook")
@@ -393,13 +414,13 @@ def summary(rows: list[Row], cells: list[GradeCell], submissions: list[Submissio
             note = (note + "; " if note else "") + "also found, not graded: " + ", ".join(p.name for p in sub.ignored)
         lines.append(f"{sub.student:<{width}}{score:>5}/{total:<3}   {note}".rstrip())
     lines.append("")
-    ex_width = max([len("exercise"), *(len(c.grade_id) for c in cells)]) + 2
+    ex_width = max([len("exercise"), *(len(c.label) for c in cells)]) + 2
     lines.append(f"{'exercise':<{ex_width}}{'points':>6}  passed")
     for c in cells:
-        mine = [r for r in rows if r.exercise == c.grade_id]
+        mine = [r for r in rows if r.exercise == c.label]
         n_pass = sum(r.passed for r in mine)
         rate = f"{100 * n_pass / len(mine):.0f}%" if mine else "-"
-        lines.append(f"{c.grade_id:<{ex_width}}{c.points:>6}  {n_pass}/{len(mine)} ({rate})")
+        lines.append(f"{c.label:<{ex_width}}{c.points:>6}  {n_pass}/{len(mine)} ({rate})")
     return "\n".join(lines)
 
 

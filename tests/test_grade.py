@@ -182,6 +182,7 @@ def test_executed_notebooks_keep_the_check_results(graded):
     check = next(c for c in alice.cells if c.id == "check-double")
     results = [o["data"][CHECK_MIMETYPE] for o in check.outputs if CHECK_MIMETYPE in o.get("data", {})]
     assert results == [{"name": "double", "passed": True, "message": "doubles 2 numbers", "hint": ""}]
+    assert len(check.outputs) == 1  # the returned CheckResult is not shown a second time
     hidden = next(c for c in alice.cells if c.id == "hidden-mean")
     assert "assert mean([1, 3]) == 2" in hidden.source  # restored from the solution
     assert not (graded["executed"] / "gina.ipynb").exists()
@@ -192,8 +193,21 @@ def test_executed_notebooks_keep_the_check_results(graded):
 
 def test_grade_cells_of_the_fixture():
     cells = grade.grade_cells(nbformat.read(str(SOLUTION), as_version=4))
-    assert [(c.grade_id, c.points) for c in cells] == [("check-double", 1), ("check-mean", 2), ("hidden-mean", 1)]
+    assert [(c.grade_id, c.points, c.label) for c in cells] == [
+        ("check-double", 1, "check-double"), ("check-mean", 2, "check-mean"), ("hidden-mean", 1, "hidden-mean")]
     assert "### BEGIN HIDDEN TESTS" in cells[2].source
+
+
+def test_generated_cell_ids_get_readable_labels():
+    cells = [nbformat.v4.new_code_cell("# Check: the attention mask\ncheck_attention_mask(attention_mask)"),
+             nbformat.v4.new_code_cell("check_pool_eot(pool_eot)"),
+             nbformat.v4.new_code_cell("check_pool_eot(pool_eot)"),
+             nbformat.v4.new_code_cell("assert 1 + 1 == 2")]
+    for cell, cell_id in zip(cells, ["3fc37749", "27746048", "0f9e6c2a-8a33-4b5e-9d2c-1c7b8a3f5e21", "5a375c8f"]):
+        cell.id, cell.metadata["tags"] = cell_id, ["check"]
+    labels = [c.label for c in grade.grade_cells(nbformat.v4.new_notebook(cells=cells))]
+    assert labels == ["the attention mask", "check_pool_eot [27746048]",
+                      "check_pool_eot [0f9e6c2a-8a33-4b5e-9d2c-1c7b8a3f5e21]", "5a375c8f"]
 
 
 def test_prepare_restores_checks_and_hidden_tests_and_names_missing_cells():
@@ -237,3 +251,14 @@ def test_a_folder_with_no_submission_grades_nothing(tmp_path, capsys):
                        "--out", str(out)]) == 0
     assert out.read_text().splitlines() == ["student,exercise,passed,points,message"]
     assert "Grading 0 submission(s) of 99_demo.ipynb" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_total_time_limit_stops_the_notebook(tmp_path):
+    path = tmp_path / "slow" / "99_demo.ipynb"
+    path.parent.mkdir()
+    nbformat.write(submission(double="import time\ntime.sleep(30)"), str(path))
+    cells = grade.grade_cells(nbformat.read(str(SOLUTION), as_version=4))
+    rows = grade.grade_submission(grade.Submission("slow", path), cells, cell_timeout=20, total_timeout=1.5)
+    assert [(r.exercise, r.passed, r.message) for r in rows] == [
+        (c.grade_id, False, "not run: the notebook used up its 1.5 s time limit") for c in cells]

@@ -148,6 +148,10 @@ class CheckResult:
     def __bool__(self) -> bool:
         return self.passed
 
+    def _ipython_display_(self) -> None:
+        """A check cell ending in `check_x(fn)` shows the result once (it was published when
+        the check ran), not again as the cell's value."""
+
 
 @dataclass
 class Case:

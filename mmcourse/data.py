@@ -169,6 +169,7 @@ class CaptionedDigits(Dataset):
             x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False).clamp(0, 1)
         self.images = x  # (N, 1, H, W)
         self.labels = torch.from_numpy(labels[self.indices.numpy()])  # (N,)
+        self._labels = self.labels.tolist()  # plain ints: reading items stays cheap
         self.augment = digit_augmentation() if augment else None
         # Fixed (template, form) choice per item, used when captions are not random.
         rng = np.random.default_rng([seed, _SPLIT_ID[split], 1])
@@ -176,27 +177,29 @@ class CaptionedDigits(Dataset):
         self._fixed_numeral = rng.random(len(self)) < 0.5 if numerals else np.zeros(len(self), bool)
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self._labels)
 
     def caption(self, i: int, template: int, numeral: bool) -> str:
         """The caption of item `i` with template number `template`."""
-        label = int(self.labels[i])
+        label = self._labels[i]
         name = meta.DIGIT_NUMERALS[label] if numeral else meta.DIGIT_CLASSNAMES[label]
         return self.templates[template].format(name)
 
     def __getitem__(self, i: int) -> dict:
-        if not -len(self) <= i < len(self):
-            raise IndexError(f"index {i} out of range for {len(self)} items")
-        i = int(i) % len(self)
-        if self.random_captions:
-            template = int(torch.randint(len(self.templates), ()))
-            numeral = self.numerals and bool(torch.rand(()) < 0.5)
+        n = len(self._labels)
+        if not -n <= i < n:
+            raise IndexError(f"index {i} out of range for {n} items")
+        i = int(i) % n
+        if self.random_captions:  # one draw picks the template and the form
+            forms = 2 if self.numerals else 1
+            draw = int(torch.randint(len(self.templates) * forms, ()))
+            template, numeral = draw // forms, bool(draw % forms)
         else:
             template, numeral = int(self._fixed_template[i]), bool(self._fixed_numeral[i])
         image = self.images[i]
         if self.augment is not None and self.split == "train":
             image = self.augment(image)
-        return {"image": image, "caption": self.caption(i, template, numeral), "label": int(self.labels[i]), "index": i}
+        return {"image": image, "caption": self.caption(i, template, numeral), "label": self._labels[i], "index": i}
 
     def __repr__(self) -> str:
         return (f"CaptionedDigits(split={self.split!r}, n={len(self)}, image_size={self.image_size}, "
@@ -302,11 +305,15 @@ class Shapes(Dataset):
         centre, radius: (N, 2) object centres (x, y) and (N,) radii in pixels (and `centre2`,
             `radius2`).
         classnames: `SHAPES_CLASSNAMES` ("red circle", ... colour-major); `attributes(i)` gives
-        the names of item i's attributes.
+        the names of item i's attributes. Treat these tensors as read-only.
     """
 
     classnames = SHAPES_CLASSNAMES
     default_sizes = {"train": 5000, "val": 1000, "test": 2000}
+    _ATTRIBUTES = ("colour", "shape", "position", "size", "colour2", "shape2", "position2", "size2", "relation")
+    _NAMES = {"colour": meta.COLOUR_NAMES, "shape": meta.SHAPE_NAMES, "position": meta.POSITION_NAMES,
+              "size": meta.SIZE_NAMES, "colour2": meta.COLOUR_NAMES, "shape2": meta.SHAPE_NAMES,
+              "position2": meta.POSITION_NAMES, "size2": meta.SIZE_NAMES, "relation": meta.RELATION_NAMES}
 
     def __init__(self, split: str = "train", n: int | None = None, seed: int = 0, holdout=(),
                  two_objects: bool = False, templates=None, random_captions: bool | None = None,
@@ -359,6 +366,9 @@ class Shapes(Dataset):
             self.relation = torch.from_numpy(self._relations(corner, corner2, rng))
         self.labels = self.colour * len(meta.SHAPE_NAMES) + self.shape  # (N,)
         self.images = self._render(rng, S)
+        # Plain-int copies of the attribute indices: reading items stays cheap.
+        keys = self._ATTRIBUTES if self.two_objects else self._ATTRIBUTES[:4]
+        self._rows = torch.stack([getattr(self, k) for k in keys] + [self.labels], 1).tolist()
 
     @staticmethod
     def _relations(corner: np.ndarray, corner2: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -389,13 +399,8 @@ class Shapes(Dataset):
     def attributes(self, i: int) -> dict[str, str]:
         """Names of item i's attributes: colour, shape, position, size (+ colour2, shape2,
         position2, size2, relation for two objects)."""
-        out = {"colour": meta.COLOUR_NAMES[self.colour[i]], "shape": meta.SHAPE_NAMES[self.shape[i]],
-               "position": meta.POSITION_NAMES[self.position[i]], "size": meta.SIZE_NAMES[self.size[i]]}
-        if self.two_objects:
-            out.update(colour2=meta.COLOUR_NAMES[self.colour2[i]], shape2=meta.SHAPE_NAMES[self.shape2[i]],
-                       position2=meta.POSITION_NAMES[self.position2[i]], size2=meta.SIZE_NAMES[self.size2[i]],
-                       relation=meta.RELATION_NAMES[self.relation[i]])
-        return out
+        row = self._rows[i]
+        return {k: self._NAMES[k][j] for k, j in zip(self._ATTRIBUTES, row[:-1])}
 
     def caption(self, i: int, template: int, mention_size: tuple[bool, bool] = (True, True)) -> str:
         """Item i's caption with template number `template`; for two objects, `mention_size`
@@ -418,13 +423,13 @@ class Shapes(Dataset):
         if not -self.n <= i < self.n:
             raise IndexError(f"index {i} out of range for {self.n} items")
         i = int(i) % self.n
-        if self.random_captions:
-            template = int(torch.randint(len(self.templates), ()))
-            mention = tuple(bool(b) for b in (torch.rand(2) < 0.5))
+        if self.random_captions:  # one draw picks the template and whether each size is said
+            draw = int(torch.randint(len(self.templates) * 4, ()))
+            template, mention = draw // 4, (bool(draw & 1), bool(draw & 2))
         else:
             template, mention = int(self._fixed_template[i]), tuple(bool(b) for b in self._fixed_mention[i])
         return {"image": self.images[i], "caption": self.caption(i, template, mention),
-                "label": int(self.labels[i]), "index": i}
+                "label": self._rows[i][-1], "index": i}
 
     def __repr__(self) -> str:
         return (f"Shapes(split={self.split!r}, n={self.n}, two_objects={self.two_objects}, "

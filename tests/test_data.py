@@ -261,3 +261,31 @@ def test_shapes_dataloaders_pass_options():
     b = next(iter(train))
     assert b["image"].shape == (64, 3, 32, 32) and b["input_ids"].shape == (64, default_tokenizer().context_length)
     assert train.dataset.holdout == (("red", "circle"),) and len(test.dataset) == 100
+
+
+# ------------------------------------------------------------------------------ the image grid
+def test_show_image_grid_rows_and_captions():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mmcourse.plots import show_image_grid
+
+    ds = Shapes("val", n=11)
+    captions = [ds[i]["caption"] for i in range(11)]
+    fig = show_image_grid(ds.images[:11], captions, nrow=4, title="grid")
+    assert len(fig.axes) == 3 and fig._suptitle.get_text() == "grid"
+    shown = [t.get_text().replace("\n", " ") for ax in fig.axes for t in ax.get_xticklabels()]
+    assert shown == captions  # every caption under its image, in order, wrapped but complete
+    first = fig.axes[0].images[0].get_array()
+    assert first.shape[0] == 32 + 2 * 2 and first.shape[1] == 4 * (32 + 2) + 2  # make_grid with 2-pixel borders
+    np.testing.assert_allclose(first[2:34, 2:34], ds.images[0].permute(1, 2, 0).numpy())
+    assert fig.axes[2].images[0].get_array().shape[1] == 3 * (32 + 2) + 2  # a short last row keeps cell width
+    grey = show_image_grid(CaptionedDigits("val").images[:3], title="digits")
+    assert grey.axes[0].images[0].get_array().shape == (10, 28, 3) and not grey.axes[0].get_xticklabels()
+    plt.close("all")
+    with pytest.raises(ValueError, match="captions has 2 entries"):
+        show_image_grid(ds.images[:3], captions[:2])
+    with pytest.raises(ValueError, match="C = 1 or 3"):
+        show_image_grid(torch.zeros(2, 8, 8))

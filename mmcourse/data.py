@@ -306,6 +306,7 @@ class Shapes(Dataset):
             `radius2`).
         classnames: `SHAPES_CLASSNAMES` ("red circle", ... colour-major); `attributes(i)` gives
         the names of item i's attributes. Treat these tensors as read-only.
+        holdout_labels, is_heldout: the held-out classes, and which scenes show one.
     """
 
     classnames = SHAPES_CLASSNAMES
@@ -394,6 +395,20 @@ class Shapes(Dataset):
             self.centre2, self.radius2 = place(self.position2, self.size2)
             images = render_objects(self.shape2, self.colour2, self.centre2, self.radius2, S, canvas=images)
         return images.clamp(0, 1)
+
+    @property
+    def holdout_labels(self) -> torch.Tensor:
+        """(K,) indices in `classnames` of the held-out colour–shape combinations."""
+        return torch.tensor([SHAPES_CLASSNAMES.index(f"{c} {s}") for c, s in self.holdout], dtype=torch.long)
+
+    @property
+    def is_heldout(self) -> torch.Tensor:
+        """(N,) bool: the scene shows a held-out combination (in either object). Always False
+        in train and val; in test it selects the scenes that probe compositional generalisation."""
+        held = torch.isin(self.labels, self.holdout_labels)
+        if self.two_objects:
+            held |= torch.isin(self.colour2 * len(meta.SHAPE_NAMES) + self.shape2, self.holdout_labels)
+        return held
 
     # -- captions
     def attributes(self, i: int) -> dict[str, str]:

@@ -202,6 +202,14 @@ def test_holdout_absent_from_train_and_val_present_in_test(two):
     assert combos(train).isdisjoint(pairs) and combos(val).isdisjoint(pairs)
     assert len(combos(train)) == 24 - 2
     assert pairs <= combos(test) and len(combos(test)) == 24
+    assert train.holdout_labels.tolist() == [SHAPES_CLASSNAMES.index("red circle"), SHAPES_CLASSNAMES.index("blue square")]
+    assert not train.is_heldout.any() and not val.is_heldout.any()
+    held = test.is_heldout
+    assert 0 < held.sum() < test.n
+    for i in range(0, test.n, 7):  # agrees with the attribute names
+        a = test.attributes(i)
+        names = {(a["colour"], a["shape"])} | ({(a["colour2"], a["shape2"])} if two else set())
+        assert bool(held[i]) == bool(names & pairs)
     torch.manual_seed(0)
     captions = " ".join(train[i]["caption"] for i in range(train.n))
     assert "red circle" not in captions and "blue square" not in captions

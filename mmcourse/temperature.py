@@ -445,3 +445,24 @@ def plot_temperature_experiment(runs: Sequence[ToyRun]):
     ax_t.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def plot_toy_embeddings(runs: Sequence[ToyRun], config: ToyConfig | None = None, max_points: int = 300):
+    """The validation image embeddings of each run on the unit sphere, as longitude/latitude
+    (an equirectangular map, in degrees), coloured by class: see how spread out (uniform) they are."""
+    import matplotlib.pyplot as plt
+
+    config = config or ToyConfig()
+    val = make_toy_data(config)["val"]
+    fig, axes = plt.subplots(1, len(runs), figsize=(2.9 * len(runs), 2.6), sharey=True, squeeze=False)
+    for ax, run in zip(axes[0], runs):
+        with torch.no_grad():
+            z = run.model.encode_image(val["image"][:max_points].to(run.model.logit_scale.device)).cpu()  # (n, 3)
+        lon = torch.rad2deg(torch.atan2(z[:, 1], z[:, 0]))
+        lat = torch.rad2deg(torch.asin(z[:, 2].clamp(-1, 1)))
+        ax.scatter(lon, lat, c=val["label"][:max_points], cmap="tab10", s=6)
+        ax.set(title=run.name, xlabel="longitude (degrees)", xlim=(-180, 180), ylim=(-90, 90))
+    axes[0][0].set_ylabel("latitude (degrees)")
+    fig.suptitle("Validation image embeddings on the sphere (colour = class)", y=1.02)
+    fig.tight_layout()
+    return fig

@@ -34,10 +34,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import nbformat
+from nbclient import NotebookClient
+from nbclient.exceptions import DeadKernelError
 
 from mmcourse.checks.core import CHECK_MIMETYPE
 from mmcourse.exercises import normalise_solution
@@ -47,6 +50,7 @@ DEFAULT_CELL_TIMEOUT = 120.0  # seconds per cell: a lesson-sized cell takes seco
 DEFAULT_TOTAL_TIMEOUT = 900.0  # seconds per notebook
 DEFAULT_CHECK_TIMEOUT = 10.0  # seconds per call of student code inside a check
 PROBE_TIMEOUT = 10  # seconds a kernel may take to answer after an interrupted cell
+MAX_OUTPUT_CHARS = 100_000  # output kept per cell; a print in an endless loop makes gigabytes
 CSV_FIELDS = ("student", "exercise", "passed", "points", "message")
 _MESSAGE_CHARS = 300
 
@@ -221,6 +225,30 @@ def prepare(nb: nbformat.NotebookNode, cells: list[GradeCell]) -> set[str]:
     return set(wanted) - found
 
 
+class _GradingClient(NotebookClient):
+    """A notebook client that keeps at most MAX_OUTPUT_CHARS of output per cell (errors and
+    check results always kept), so a flood of printing cannot exhaust the grader's memory."""
+
+    def output(self, outs, msg, display_id, cell_index):
+        content = msg.get("content", {})
+        data = content.get("data") or {}
+        if msg["msg_type"] == "error" or CHECK_MIMETYPE in data:
+            return super().output(outs, msg, display_id, cell_index)
+        size = len(content.get("text", "")) + sum(len(str(v)) for v in data.values())
+        used = self._output_chars.get(cell_index, 0)
+        self._output_chars[cell_index] = used + size
+        if used + size <= MAX_OUTPUT_CHARS:
+            return super().output(outs, msg, display_id, cell_index)
+        out = None
+        if used < MAX_OUTPUT_CHARS and msg["msg_type"] == "stream":  # keep the start of the flood
+            head = {**content, "text": content["text"][: MAX_OUTPUT_CHARS - used]}
+            out = super().output(outs, {**msg, "content": head}, display_id, cell_index)
+        if used <= MAX_OUTPUT_CHARS:  # the first output over the limit: say so, once
+            outs.append(nbformat.v4.new_output(
+                "stream", name="stderr", text=f"\n[mmcourse.grade: output cut after {MAX_OUTPUT_CHARS} characters]\n"))
+        return out
+
+
 def execute(nb: nbformat.NotebookNode, cwd: Path, cell_timeout: float, total_timeout: float,
             env: dict[str, str] | None = None) -> list[CellRun]:
     """Run every code cell of `nb` (in place) in a fresh kernel; never raises for what the
@@ -230,17 +258,15 @@ def execute(nb: nbformat.NotebookNode, cwd: Path, cell_timeout: float, total_tim
     come back from the interrupt, or dies, or the total time runs out, the remaining cells
     are not run and say why.
     """
-    from nbclient import NotebookClient
-    from nbclient.exceptions import DeadKernelError
-
     runs = [CellRun() for _ in nb.cells]
     cell_timeout_s = max(1, math.ceil(cell_timeout))
-    client = NotebookClient(
+    client = _GradingClient(
         nb, timeout=cell_timeout_s, kernel_name="python3", allow_errors=True, interrupt_on_timeout=True,
         error_on_timeout={"ename": "TimeoutError", "evalue": "cell timed out", "traceback": []},
         resources={"metadata": {"path": str(cwd)}}, startup_timeout=60, iopub_timeout=2,
         record_timing=False, shell_timeout_interval=1, shutdown_kernel="immediate",
     )
+    client._output_chars = {}
     kernel_env = {**os.environ, **(env or {})}
     stop_reason = ""
     # The kernel's own stderr holds only its start-up chatter; the student's output comes via Jupyter.
@@ -276,8 +302,6 @@ def execute(nb: nbformat.NotebookNode, cwd: Path, cell_timeout: float, total_tim
 
 def _responsive(client) -> bool:
     """After an interrupted cell: does the kernel run a trivial cell again?"""
-    from nbclient.exceptions import DeadKernelError
-
     client.timeout = PROBE_TIMEOUT
     try:
         msg_id = client.kc.execute("pass", store_history=False)
@@ -426,9 +450,10 @@ def summary(rows: list[Row], cells: list[GradeCell], submissions: list[Submissio
 
 def grade_folder(submissions_dir: Path, solution_path: Path, out: Path | None = None,
                  cell_timeout: float = DEFAULT_CELL_TIMEOUT, total_timeout: float = DEFAULT_TOTAL_TIMEOUT,
-                 executed_dir: Path | None = None, log=None) -> list[Row]:
+                 executed_dir: Path | None = None, log=None, jobs: int = 1) -> list[Row]:
     """Grade every submission under `submissions_dir` against `solution_path`; write the CSV
-    to `out` (if given) and print progress and the summary to `log` (default: stdout)."""
+    to `out` (if given) and print progress and the summary to `log` (default: stdout).
+    `jobs` submissions run at the same time, each in its own kernel."""
     log = log or sys.stdout
     solution = nbformat.read(str(solution_path), as_version=4)
     cells = grade_cells(solution)
@@ -441,12 +466,16 @@ def grade_folder(submissions_dir: Path, solution_path: Path, out: Path | None = 
     points = sum(c.points for c in cells)
     print(f"Grading {len(submissions)} submission(s) of {solution_path.name}: {len(cells)} graded cells, "
           f"{points} points", file=log)
-    rows: list[Row] = []
-    for sub in submissions:
+
+    def one(sub: Submission) -> list[Row]:
         t0 = time.monotonic()
         mine = grade_submission(sub, cells, cell_timeout, total_timeout, env, executed_dir)
-        rows += mine
         print(f"  {sub.student}: {sum(r.points for r in mine)}/{points} ({time.monotonic() - t0:.1f} s)", file=log)
+        return mine
+
+    # Threads are enough: each submission's work happens in its own kernel process.
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        rows = [row for mine in pool.map(one, submissions) for row in mine]
     if out is not None:
         write_csv(rows, out)
     print("", file=log)
@@ -467,6 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("results.csv"), help="CSV to write (default: results.csv)")
     parser.add_argument("--timeout", type=float, default=DEFAULT_CELL_TIMEOUT, help="seconds per cell")
     parser.add_argument("--total-timeout", type=float, default=DEFAULT_TOTAL_TIMEOUT, help="seconds per notebook")
+    parser.add_argument("--jobs", type=int, default=1, help="submissions graded at the same time (default 1)")
     parser.add_argument("--executed", type=Path, default=None,
                         help="also save each executed notebook here (<student>.ipynb), e.g. to return feedback")
     args = parser.parse_args(argv)
@@ -477,7 +507,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         solution_path = find_solution(solutions, args.assignment)
-        grade_folder(args.submissions, solution_path, args.out, args.timeout, args.total_timeout, args.executed)
+        grade_folder(args.submissions, solution_path, args.out, args.timeout, args.total_timeout, args.executed,
+                     jobs=args.jobs)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

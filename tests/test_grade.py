@@ -3,8 +3,8 @@
 `tests/fixtures/solutions/99_demo.ipynb` has two exercises checked with `mmcourse.checks` (1 and
 2 points) and one hidden test (1 point). The submissions are made from its generated exercise:
 right, partly wrong (with a tampered check cell and an answer hard-coded to the visible case),
-a syntax error, endless loops (inside the checked function, at top level, and one that swallows
-the interrupt), a kernel that exits, deleted cells, an untouched exercise, a renamed file, the
+a syntax error, endless loops (inside the checked function, at top level while printing without
+end, and one that swallows the interrupt), a kernel that exits, deleted cells, an untouched exercise, a renamed file, the
 wrong notebook, an empty file and invalid JSON. One grading run produces the exact CSV below.
 """
 from __future__ import annotations
@@ -105,7 +105,7 @@ def write_submissions(root):
                                           mean="def mean(xs):\n    return 3.0"))  # right only on the visible case
     write("carol/99_demo.ipynb", submission(double="def double(x)\n    return 2 * x"))
     write("dave/99_demo.ipynb", submission(double="def double(x):\n    while True:\n        pass",
-                                           mean="while True:\n    pass"))
+                                           mean="while True:\n    print('x' * 100)"))  # floods, then times out
     write("erin/99_demo.ipynb", submission(mean="import os\nos._exit(1)"))
     write("frank.ipynb", submission())  # renamed, at the top level: graded by its cells
     (root / "gina").mkdir()
@@ -127,7 +127,7 @@ def digest(root) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory):
-    """Grade the fabricated class once (about 30 s: one kernel per gradable submission)."""
+    """Grade the fabricated class once, three at a time (about 20 s: a kernel per gradable submission)."""
     root = tmp_path_factory.mktemp("submissions")
     out_dir = tmp_path_factory.mktemp("out")
     write_submissions(root)
@@ -139,7 +139,7 @@ def graded(tmp_path_factory):
     try:
         with redirect_stdout(log):
             code = grade.main([str(root), "--assignment", "99", "--solutions", str(FIXTURES),
-                               "--out", str(out_dir / "results.csv"), "--timeout", CELL_TIMEOUT,
+                               "--out", str(out_dir / "results.csv"), "--timeout", CELL_TIMEOUT, "--jobs", "3",
                                "--executed", str(out_dir / "executed")])
     finally:
         mp.undo()
@@ -186,6 +186,11 @@ def test_executed_notebooks_keep_the_check_results(graded):
     hidden = next(c for c in alice.cells if c.id == "hidden-mean")
     assert "assert mean([1, 3]) == 2" in hidden.source  # restored from the solution
     assert not (graded["executed"] / "gina.ipynb").exists()
+    dave = nbformat.read(str(graded["executed"] / "dave.ipynb"), as_version=4)
+    flood = next(c for c in dave.cells if c.id == "mean").outputs
+    assert [(o.output_type, len(o.get("text", ""))) for o in flood] == [("stream", grade.MAX_OUTPUT_CHARS),
+                                                                       ("stream", 54), ("error", 0)]
+    assert flood[0].text.startswith("x" * 100 + "\n") and "output cut after 100000 characters" in flood[1].text
 
 
 # --------------------------------------------------------------------------- fast parts, no kernel

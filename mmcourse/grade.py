@@ -139,7 +139,12 @@ def _label(grade_id: str, source: str) -> str:
 
 
 def _cell_key(cell: nbformat.NotebookNode) -> str | None:
-    return cell.get("metadata", {}).get("nbgrader", {}).get("grade_id") or cell.get("id")
+    """A cell's nbgrader `grade_id`, else its id (None if it has neither)."""
+    meta = cell.get("metadata")
+    nbgrader = meta.get("nbgrader") if isinstance(meta, dict) else None
+    key = nbgrader.get("grade_id") if isinstance(nbgrader, dict) else None
+    key = key or cell.get("id")
+    return key if isinstance(key, str) else None
 
 
 # --------------------------------------------------------------------------- finding submissions
@@ -149,7 +154,9 @@ def _read_notebook(path: Path) -> tuple[nbformat.NotebookNode | None, str]:
     """(notebook, "") or (None, why it is not a notebook)."""
     try:
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
+    except UnicodeDecodeError:
+        return None, "not a valid notebook (not UTF-8 text)"
+    except OSError as err:
         return None, f"unreadable file ({type(err).__name__})"
     if not text.strip():
         return None, "empty file"
@@ -160,6 +167,12 @@ def _read_notebook(path: Path) -> tuple[nbformat.NotebookNode | None, str]:
         return None, f"not a valid notebook ({_short(first, 120)})"
     if not isinstance(nb.get("cells"), list):
         return None, "not a valid notebook (no cells)"
+    for index, cell in enumerate(nb.cells):  # what the grader relies on; nbformat's schema is stricter
+        if not (isinstance(cell, dict) and cell.get("cell_type") in ("code", "markdown", "raw")
+                and isinstance(cell.get("source"), str)):
+            return None, f"not a valid notebook (cell {index} is malformed)"
+        if not isinstance(cell.get("metadata"), dict):
+            cell["metadata"] = nbformat.NotebookNode()
     return nb, ""
 
 
@@ -290,6 +303,10 @@ def execute(nb: nbformat.NotebookNode, cwd: Path, cell_timeout: float, total_tim
                 runs[index] = CellRun("dead", "the kernel died while running this cell (os._exit, a crash, "
                                               "or out of memory)")
                 stop_reason = f"not run: the kernel died in cell {index}"
+                continue
+            except Exception as err:  # noqa: BLE001 - whatever goes wrong, keep the cells already run
+                runs[index] = CellRun("dead", _short(f"the grader could not run this cell ({type(err).__name__}: {err})"))
+                stop_reason = f"not run: the grader could not run cell {index}"
                 continue
             if time.monotonic() - t0 >= client.timeout - 0.05:
                 runs[index] = CellRun("timeout", f"timed out after {client.timeout} s (an infinite loop?)")
@@ -473,9 +490,11 @@ def grade_folder(submissions_dir: Path, solution_path: Path, out: Path | None = 
         print(f"  {sub.student}: {sum(r.points for r in mine)}/{points} ({time.monotonic() - t0:.1f} s)", file=log)
         return mine
 
-    # Threads are enough: each submission's work happens in its own kernel process.
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        rows = [row for mine in pool.map(one, submissions) for row in mine]
+    if jobs <= 1:  # in the main thread: Ctrl-C stops at once
+        rows = [row for sub in submissions for row in one(sub)]
+    else:  # threads are enough: the work happens in each submission's kernel process
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            rows = [row for mine in pool.map(one, submissions) for row in mine]
     if out is not None:
         write_csv(rows, out)
     print("", file=log)

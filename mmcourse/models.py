@@ -79,22 +79,21 @@ class Block(nn.Module):
 
 
 class SmallCNN(nn.Module):
-    """Conv-BN-ReLU stages (the first keeps the resolution, later ones halve it), then a linear
-    layer on the flattened feature map. Flattening, rather than global average pooling, keeps
+    """Conv-BN-ReLU stages (the first keeps the resolution unless `stem_stride` > 1, later ones
+    halve it), then a linear layer on the flattened feature map. Flattening, rather than global average pooling, keeps
     *where* things are, which the Shapes captions ("... on the left") need."""
 
-    def __init__(self, in_channels: int, image_size: int, channels: tuple[int, ...], width: int):
+    def __init__(self, in_channels: int, image_size: int, channels: tuple[int, ...], width: int,
+                 stem_stride: int = 1):
         super().__init__()
         layers: list[nn.Module] = []
-        c_in = in_channels
+        c_in, side = in_channels, image_size
         for i, c_out in enumerate(channels):
-            layers += [nn.Conv2d(c_in, c_out, 3, stride=1 if i == 0 else 2, padding=1, bias=False),
+            stride = stem_stride if i == 0 else 2
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
                        nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
-            c_in = c_out
+            c_in, side = c_out, (side - 1) // stride + 1  # 3x3 conv, padding 1: ceil(H / stride)
         self.convs = nn.Sequential(*layers)
-        side = image_size
-        for _ in channels[1:]:
-            side = (side + 1) // 2  # a 3x3 conv with stride 2 and padding 1 gives ceil(H / 2)
         self.fc = nn.Linear(channels[-1] * side * side, width)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
@@ -218,8 +217,9 @@ class CLIPConfig:
     image_encoder: str = "cnn"  # "cnn" | "vit"
     image_size: int = 8
     in_channels: int = 1
-    image_width: int = 128
+    image_width: int = 64
     cnn_channels: tuple[int, ...] = (32, 64, 128)
+    cnn_stem_stride: int = 1  # 2 halves a large image (e.g. 32x32 Shapes) in the first conv
     vit_patch_size: int = 2
     vit_layers: int = 2
     vit_heads: int = 4
@@ -228,7 +228,7 @@ class CLIPConfig:
     text_encoder: str = "transformer"  # "transformer" | "bow"
     vocab_size: int = 128  # >= the tokenizer's (76 for `default_tokenizer()`)
     context_length: int = 20  # as `mmcourse.tokenizer.DEFAULT_CONTEXT_LENGTH`
-    text_width: int = 128
+    text_width: int = 64
     text_layers: int = 2
     text_heads: int = 4
     text_causal: bool = True
@@ -249,7 +249,7 @@ class CLIPConfig:
         _choice("vit_pool", self.vit_pool, ("cls", "mean"))
         _choice("text_pool", self.text_pool, ("eot", "mean"))
         for name in ("image_size", "in_channels", "image_width", "vocab_size", "context_length",
-                     "text_width", "embed_dim", "vit_patch_size", "vit_heads", "text_heads"):
+                     "text_width", "embed_dim", "vit_patch_size", "cnn_stem_stride", "vit_heads", "text_heads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"CLIPConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.image_encoder == "vit":
@@ -308,7 +308,7 @@ class CLIP(nn.Module):
         self.config = config = config or CLIPConfig()
         if config.image_encoder == "cnn":
             self.visual: nn.Module = SmallCNN(config.in_channels, config.image_size, config.cnn_channels,
-                                              config.image_width)
+                                              config.image_width, config.cnn_stem_stride)
         else:
             self.visual = TinyViT(config.in_channels, config.image_size, config.vit_patch_size, config.image_width,
                                   config.vit_layers, config.vit_heads, config.mlp_ratio, config.vit_pool,
@@ -418,6 +418,10 @@ class CLIP(nn.Module):
             (B, D) embeddings.
         """
         mask = self._text_mask(input_ids, attention_mask)
+        # Drop the columns that are padding in every row: they cannot change the result, and
+        # captions padded to context_length are mostly padding (a large saving on a CPU).
+        keep = int(mask.sum(1).max())
+        input_ids, mask = input_ids[:, :keep], mask[:, :keep]  # (B, L') with L' <= L
         x = self.text_projection(self.text(input_ids, mask))  # (B, E_txt) -> (B, D)
         return F.normalize(x, dim=-1) if normalize else x
 

@@ -341,11 +341,21 @@ def _set_rng_state(state: dict[str, Any], loader: Any) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path: str | os.PathLike, state: TrainState, extra: dict[str, Any]) -> None:
-    """Write a checkpoint atomically (to a temporary file, then rename), so a crash while
-    saving never leaves a broken file behind."""
+def save_atomic(obj: Any, path: str | os.PathLike) -> None:
+    """`torch.save` to a temporary file in the same folder, then rename it: a crash while
+    saving never leaves a broken file behind (a rename is atomic)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_checkpoint(path: str | os.PathLike, state: TrainState, extra: dict[str, Any]) -> None:
+    """Write a checkpoint of the whole training state atomically (see `save_atomic`)."""
     payload = {
         "model": state.model.state_dict(),
         "optimizer": state.optimizer.state_dict(),
@@ -356,9 +366,7 @@ def save_checkpoint(path: str | os.PathLike, state: TrainState, extra: dict[str,
         "global_step": state.global_step,
         **extra,
     }
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    save_atomic(payload, path)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -241,3 +241,12 @@ def test_gradients_reach_every_parameter():
         (F.cross_entropy(out.logits_per_image, labels) + F.cross_entropy(out.logits_per_text, labels)).backward()
         for name, p in model.named_parameters():
             assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_cnn_stem_stride_on_32px_rgb():
+    torch.manual_seed(0)
+    model = CLIP(small_config(image_size=32, in_channels=3, cnn_channels=(8, 16, 16), cnn_stem_stride=2)).eval()
+    assert model.visual.fc.in_features == 16 * 4 * 4  # 32 -> 16 -> 8 -> 4
+    x = model.visual.convs(torch.zeros(2, 3, 32, 32))
+    assert x.shape == (2, 16, 4, 4)
+    assert model.encode_image(batch(channels=3, size=32)[0]).shape == (5, 16)

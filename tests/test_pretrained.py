@@ -1,0 +1,84 @@
+"""Tests for mmcourse.pretrained: train once, cache by config hash, load, resume after interruption."""
+import pytest
+import torch
+
+import mmcourse.pretrained as pretrained
+from mmcourse.pretrained import (config_hash, digits_clip_config, digits_train_config, load_digits_clip,
+                                 load_shapes_clip, shapes_clip_config)
+from mmcourse.train import Callback, TrainConfig
+
+
+def tiny_digits(tokenizer=None):
+    cfg = digits_clip_config(tokenizer)
+    cfg.cnn_channels, cfg.image_width, cfg.text_width, cfg.text_layers, cfg.embed_dim = (8, 16), 16, 16, 1, 8
+    return cfg
+
+
+FAST = dict(epochs=2, progress=False, device="cpu")
+
+
+def test_train_then_load_from_cache(tmp_path, monkeypatch):
+    model, tok, history = load_digits_clip(tiny_digits(), digits_train_config(**FAST), cache_dir=tmp_path)
+    assert len(history.loss) == 2 * 5 and "zero_shot_top1" in history.val[-1]
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert len(files) == 1 and files[0].startswith("digits_clip_") and files[0].endswith(".pt")  # no tmp/partial left
+    assert not model.training
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("should have loaded from the cache")
+
+    monkeypatch.setattr(pretrained, "fit", no_training)
+    again, _, history2 = load_digits_clip(tiny_digits(), digits_train_config(**FAST), cache_dir=tmp_path)
+    assert history2.loss == history.loss
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(again.state_dict()[k], v)
+    # the progress bar or device do not change the model, so they do not change the cache key...
+    load_digits_clip(tiny_digits(), digits_train_config(**{**FAST, "progress": True}), cache_dir=tmp_path)
+    # ...but anything that does, retrains
+    with pytest.raises(AssertionError, match="loaded from the cache"):
+        load_digits_clip(tiny_digits(), digits_train_config(**{**FAST, "lr": 1e-3}), cache_dir=tmp_path)
+    with pytest.raises(AssertionError, match="loaded from the cache"):
+        load_digits_clip(tiny_digits(), digits_train_config(**FAST), cache_dir=tmp_path, force=True)
+
+
+def test_cache_dir_from_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMCOURSE_CACHE", str(tmp_path / "env"))
+    assert pretrained.cache_dir() == tmp_path / "env"
+    assert pretrained.cache_dir(tmp_path / "x") == tmp_path / "x"
+
+
+def test_config_hash_is_stable_and_sensitive():
+    a = config_hash("digits", digits_clip_config(), TrainConfig())
+    assert a == config_hash("digits", digits_clip_config(), TrainConfig())
+    assert a != config_hash("digits", digits_clip_config(), TrainConfig(lr=2e-3))
+    assert len(a) == 12
+
+
+def test_interrupted_training_resumes_next_call(tmp_path):
+    class Interrupt(Callback):
+        def on_step_end(self, state):
+            if state.global_step == 3:
+                raise KeyboardInterrupt
+
+    with pytest.warns(UserWarning, match="interrupted"):
+        _, _, part = load_digits_clip(tiny_digits(), digits_train_config(**FAST), cache_dir=tmp_path,
+                                      callbacks=[Interrupt()])
+    assert part.stopped == "interrupted" and len(part.loss) == 3
+    assert any(p.name.endswith(".partial.pt") for p in tmp_path.iterdir())
+    _, _, resumed = load_digits_clip(tiny_digits(), digits_train_config(**FAST), cache_dir=tmp_path)
+    _, _, fresh = load_digits_clip(tiny_digits(), digits_train_config(**FAST), cache_dir=tmp_path / "other")
+    assert resumed.loss == fresh.loss
+    assert not any(p.name.endswith(".partial.pt") for p in tmp_path.iterdir())
+
+
+def test_shapes_model_with_holdout(tmp_path):
+    cfg = shapes_clip_config()
+    cfg.cnn_channels, cfg.image_width, cfg.text_width, cfg.text_layers, cfg.embed_dim = (8, 8), 16, 16, 1, 8
+    model, tok, history = load_shapes_clip(cfg, pretrained.shapes_train_config(epochs=1, progress=False, device="cpu"),
+                                           holdout=("red circle",), n_train=256, cache_dir=tmp_path)
+    assert len(history.loss) == 1 and 0.0 <= history.val[-1]["zero_shot_top1"] <= 1.0
+    assert model.encode_image(torch.rand(2, 3, 32, 32)).shape == (2, 8)
+    names = [p.name for p in tmp_path.iterdir()]
+    load_shapes_clip(cfg, pretrained.shapes_train_config(epochs=1, progress=False, device="cpu"),
+                     holdout=("blue square",), n_train=256, cache_dir=tmp_path)
+    assert len(list(tmp_path.iterdir())) == len(names) + 1  # another holdout is another model

@@ -262,6 +262,7 @@ def test_property_that_raises_counts_as_absent():
 
 @pytest.mark.parametrize("expected, actual, why", [
     (torch.arange(3), torch.arange(3).float(), "wrong dtype: expected an integer tensor (torch.int64), got torch.float32"),
+    (torch.ones(2, dtype=torch.bool), torch.ones(2), "wrong dtype: expected a boolean tensor (torch.bool), got torch.float32"),
     (torch.zeros(2, 3), torch.zeros(3, 2), "wrong shape: expected (2, 3), got (3, 2)"),
     (torch.tensor(2.0), 3.0, "expected 2, got 3"),
     (2.0, torch.tensor(2.5), "expected 2, got 2.5"),

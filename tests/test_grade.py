@@ -225,6 +225,22 @@ def test_prepare_restores_checks_and_hidden_tests_and_names_missing_cells():
     assert by_id["check-double"] == cells[0].source and by_id["hidden-mean"] == cells[2].source
 
 
+@pytest.mark.parametrize("content, problem", [
+    (b"", "empty file"),
+    (b"  \n", "empty file"),
+    (b"\x89PNG\x00\xff", "not a valid notebook (not UTF-8 text)"),
+    (b"[]", "not a valid notebook ('list' object has no attribute 'get')"),
+    (b'{"cells": ["x"], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}', "not a valid notebook ("),
+    (b'{"cells": [{"id": "a", "cell_type": "code", "source": 1, "metadata": {}, "outputs": []}], "metadata": {}, '
+     b'"nbformat": 4, "nbformat_minor": 5}', "not a valid notebook (cell 0 is malformed)"),
+])
+def test_broken_files_are_named(tmp_path, content, problem):
+    path = tmp_path / "x.ipynb"
+    path.write_bytes(content)
+    nb, why = grade._read_notebook(path)
+    assert nb is None and why.startswith(problem)
+
+
 def test_find_solution(tmp_path):
     assert grade.find_solution(FIXTURES, "99") == SOLUTION
     assert grade.find_solution(FIXTURES, "99_demo") == SOLUTION

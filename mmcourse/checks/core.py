@@ -474,7 +474,8 @@ def _compare_tensor(expected: Any, actual: Any, rtol: float, atol: float) -> str
     if actual.is_complex() != expected.is_complex():
         return f"wrong dtype: expected {expected.dtype}, got {actual.dtype}"
     if not expected.is_floating_point() and not expected.is_complex() and actual.is_floating_point():
-        return f"wrong dtype: expected an integer tensor ({expected.dtype}), got {actual.dtype}"
+        kind = "a boolean" if expected.dtype == torch.bool else "an integer"
+        return f"wrong dtype: expected {kind} tensor ({expected.dtype}), got {actual.dtype}"
     a, e = actual.detach().cpu(), expected.detach().cpu()
     a = a.to(torch.complex128) if a.is_complex() else a.to(torch.float64)
     e = e.to(torch.complex128) if e.is_complex() else e.to(torch.float64)

@@ -272,8 +272,18 @@ class NotebookPage:
         ok = self.page.evaluate(
             "async () => await window.jupyterapp.commands.execute('notebook:run-all-cells')"
         )
-        assert ok, "JupyterLab's 'Run All Cells' reported a failure"
         self.wait_kernel_idle(timeout)
+        errors = self.error_outputs()
+        assert ok and not errors, f"Run All Cells failed: {errors or 'JupyterLab reported a failure'}"
+
+    def error_outputs(self) -> list[str]:
+        """'cell N: Ename: evalue' for every error output in the notebook."""
+        return [
+            f"cell {i}: {out['ename']}: {out['evalue']}"
+            for i, cell in enumerate(self.notebook_json()["cells"])
+            for out in cell.get("outputs", [])
+            if out.get("output_type") == "error"
+        ]
 
     def cell_count(self) -> int:
         """How many cells JupyterLab rendered for the current notebook."""

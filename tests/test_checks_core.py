@@ -362,3 +362,20 @@ def test_make_check_builds_a_named_check():
     assert check.__name__ == "check_softmax"
     assert check(lambda x: F.softmax(x, -1)).message == "ok on 1 case"
     assert not check(torch.exp, raise_on_fail=False).passed
+
+
+def test_models_are_passed_as_they_are_so_a_training_step_can_change_them():
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = model.weight.detach().clone()
+
+    def train_step(m, opt, x):
+        opt.zero_grad()
+        loss = m(x).pow(2).mean()
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    outcome = call_safely(train_step, model, optimizer, torch.ones(4, 2))
+    assert outcome.ok and outcome.mutated == []
+    assert not torch.equal(model.weight, before)  # the optimizer updated the caller's model

@@ -38,7 +38,6 @@ uses tensors, so importing this module is cheap.
 from __future__ import annotations
 
 import contextlib
-import copy
 import inspect
 import io
 import math
@@ -301,7 +300,7 @@ def _student_line(err: BaseException) -> str:
 
 
 def _clone(x: Any) -> Any:
-    """A copy of `x` the student may change freely: tensors, arrays, containers and modules."""
+    """A copy of `x` the student may change freely: tensors, arrays, and lists/tuples/dicts of them."""
     if _is_tensor(x):
         return x.detach().clone().requires_grad_(x.requires_grad)
     if _is_ndarray(x):
@@ -312,13 +311,9 @@ def _clone(x: Any) -> Any:
         items = [_clone(v) for v in x]
         return type(x)(*items) if hasattr(x, "_fields") else tuple(items)
     if isinstance(x, dict):
-        return type(x)({k: _clone(v) for k, v in x.items()}) if type(x) is dict else {k: _clone(v) for k, v in x.items()}
-    torch = _torch()
-    if torch is not None and isinstance(x, torch.nn.Module):
-        try:
-            return copy.deepcopy(x)
-        except Exception:  # noqa: BLE001 - some modules cannot be copied; pass them as they are
-            return x
+        return {k: _clone(v) for k, v in x.items()}
+    # Anything else (a model, an optimizer, a tokenizer) is passed as it is: an exercise may be
+    # meant to change it (a training step), and a check that needs a fresh one builds it per call.
     return x
 
 

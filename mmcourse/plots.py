@@ -207,3 +207,83 @@ def show_image_grid(
             ax.set_xticks([])
     fig.suptitle(title, y=1 - 0.08 / fig_h, va="top")
     return fig
+
+
+# ----------------------------------------------------------------------------- what CLIP learns (lesson 06)
+# Owned by the evaluation lessons (05-06): the modality gap and occlusion maps.
+
+def plot_modality_gap(
+    image_emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    title: str = "Image and text embeddings: two clouds, one gap",
+    ax=None,
+):
+    """Image and text embeddings on the first two principal components of both sets together.
+
+    Args:
+        image_emb: (N, D) image embeddings (L2-normalised here).
+        text_emb: (M, D) text embeddings (L2-normalised here).
+        title: plot title.
+        ax: an `Axes` to draw on (default: a new figure).
+
+    Returns:
+        The `Axes`. Crosses mark the two centroids; the line between them is the modality gap
+        (its length in the plane is at most its length in D dimensions).
+    """
+    ax = _axes(ax, figsize=(4.8, 4.2))
+    x = torch.cat([torch.nn.functional.normalize(e.detach().float().cpu(), dim=-1) for e in (image_emb, text_emb)])
+    centred = x - x.mean(0)
+    _, s, v = torch.linalg.svd(centred, full_matrices=False)
+    xy = (centred @ v[:2].T).numpy()  # (N + M, 2)
+    explained = (s[:2] ** 2).sum().item() / (s ** 2).sum().item()
+    n = image_emb.shape[0]
+    for part, label, colour in ((xy[:n], "images", "C0"), (xy[n:], "texts", "C1")):
+        ax.scatter(part[:, 0], part[:, 1], s=6, alpha=0.4, color=colour, label=label)
+    c_img, c_txt = xy[:n].mean(0), xy[n:].mean(0)
+    ax.plot([c_img[0], c_txt[0]], [c_img[1], c_txt[1]], "k-", lw=1.5, label="gap between centroids")
+    ax.scatter([c_img[0], c_txt[0]], [c_img[1], c_txt[1]], marker="x", s=80, color="k", zorder=3)
+    ax.set_xlabel("principal component 1 (unitless)")
+    ax.set_ylabel("principal component 2 (unitless)")
+    ax.set_title(f"{title}\n({explained:.0%} of the variance in this plane)", fontsize=10)
+    ax.legend(fontsize=8, loc="best")
+    ax.set_aspect("equal", adjustable="datalim")
+    return ax
+
+
+def plot_occlusion_maps(
+    images: torch.Tensor,
+    maps: torch.Tensor,
+    titles: Sequence[str] | None = None,
+    title: str = "Occlusion sensitivity: drop in image–text similarity when a patch is hidden",
+):
+    """Each image (top row) above its occlusion map (bottom row, red = hiding it lowers the similarity).
+
+    Args:
+        images: (K, C, H, W) images in [0, 1].
+        maps: (K, H, W) similarity drops from `mmcourse.analysis.occlusion_map`.
+        titles: K short titles, one per column.
+        title: figure title.
+
+    Returns:
+        The `Figure`.
+    """
+    k = images.shape[0]
+    if maps.shape[0] != k:
+        raise ValueError(f"got {k} images but {maps.shape[0]} maps")
+    fig, axes = plt.subplots(2, k, figsize=(1.9 * k, 4.1), squeeze=False)
+    limit = maps.abs().max().item() or 1.0
+    for j in range(k):
+        img = images[j].detach().float().cpu().clamp(0, 1).permute(1, 2, 0).squeeze(-1).numpy()
+        axes[0, j].imshow(img, cmap="gray" if img.ndim == 2 else None, interpolation="nearest")
+        shown = axes[1, j].imshow(_numpy(maps[j]), cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
+        if titles is not None:
+            axes[0, j].set_title(titles[j], fontsize=8)
+        for ax in axes[:, j]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.grid(False)
+    axes[0, 0].set_ylabel("image")
+    axes[1, 0].set_ylabel("occlusion map")
+    fig.colorbar(shown, ax=axes[1, :].tolist(), shrink=0.8, label="similarity drop (cosine)")
+    fig.suptitle(title, fontsize=10)
+    return fig

@@ -129,3 +129,34 @@ def test_image_text_similarity_is_cosine():
         for j, t in enumerate(["ab", "abcd"]):
             txt = torch.tensor([1.0, len(t), 0.0, -len(t)])
             assert sims[i, j] == pytest.approx(F.cosine_similarity(img[i], txt, dim=0).item(), abs=1e-6)
+
+
+# ------------------------------------------------------------------------------ plots
+def test_plot_modality_gap_draws_the_centroid_gap():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from mmcourse.plots import plot_modality_gap
+
+    g = torch.Generator().manual_seed(0)
+    img = torch.randn(50, 8, generator=g) + torch.tensor([3.0] + [0.0] * 7)
+    txt = torch.randn(40, 8, generator=g) - torch.tensor([3.0] + [0.0] * 7)
+    ax = plot_modality_gap(img, txt)
+    assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel()
+    (line,) = [l for l in ax.get_lines() if l.get_label() == "gap between centroids"]
+    length = float(torch.tensor(line.get_xydata()).diff(dim=0).norm())
+    # The gap is mostly along the first axis, so the projected gap is close to the true one.
+    assert length == pytest.approx(analysis.modality_gap(img, txt), rel=0.1)
+
+
+def test_plot_occlusion_maps_shapes_and_errors():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from mmcourse.plots import plot_occlusion_maps
+
+    fig = plot_occlusion_maps(torch.rand(3, 3, 8, 8), torch.randn(3, 8, 8), titles=["a", "b", "c"])
+    assert len(fig.axes) == 7  # 2 x 3 panels + colour bar
+    assert fig.axes[-1].get_ylabel() == "similarity drop (cosine)"
+    with pytest.raises(ValueError, match="3 images but 2 maps"):
+        plot_occlusion_maps(torch.rand(3, 1, 8, 8), torch.randn(2, 8, 8))

@@ -342,17 +342,19 @@ def _error_text(error: dict) -> str:
     return f"{ename}: {evalue}" if evalue else ename
 
 
-def _error_message(error: dict, earlier_error: str) -> str:
+def _error_message(error: dict, earlier: tuple[str, str] | None) -> str:
+    """The CSV message for a graded cell's error; `earlier` = (ename, text) of the last
+    non-graded cell before it that failed, which explains a NameError."""
     ename, evalue = error.get("ename", "Error"), error.get("evalue", "")
     if ename == "CheckFailed":
         return _short(evalue.lstrip("✗ "))
-    if ename == "NotImplementedError":
+    if ename == "NotImplementedError" or (ename == "NameError" and earlier and earlier[0] == "NotImplementedError"):
         return "not attempted: the exercise still raises NotImplementedError"
     if ename == "KeyboardInterrupt":
         return "interrupted"
     message = _error_text(error)
-    if ename == "NameError" and earlier_error:
-        message += f" (an earlier cell failed: {earlier_error})"
+    if ename == "NameError" and earlier:
+        message += f" (an earlier cell failed: {earlier[1]})"
     return _short(message)
 
 
@@ -363,17 +365,18 @@ def collect(student: str, nb: nbformat.NotebookNode, cells: list[GradeCell], run
     for i, c in enumerate(nb.cells):
         where.setdefault(_cell_key(c), i)  # the first copy is the one `prepare` restored
     graded_ids = {c.grade_id for c in cells}
-    earlier_error, first_error_of = "", {}
-    for index, cell in enumerate(nb.cells):  # the first error before each cell, for NameErrors
-        first_error_of[index] = earlier_error
-        if _cell_key(cell) in graded_ids or earlier_error:
+    last_error: tuple[str, str] | None = None
+    earlier: dict[int, tuple[str, str] | None] = {}
+    for index, cell in enumerate(nb.cells):  # the last failed student cell before each cell
+        earlier[index] = last_error
+        if _cell_key(cell) in graded_ids:
             continue
         if runs[index].status in ("timeout", "dead"):
-            earlier_error = f"cell {index} {runs[index].reason}"
+            last_error = (runs[index].status, f"cell {index} {runs[index].reason}")
             continue
         for out in cell.get("outputs", []):
             if out.get("output_type") == "error":
-                earlier_error = _short(f"cell {index}, {_error_text(out)}", 120)
+                last_error = (out.get("ename", ""), _short(f"cell {index}, {_error_text(out)}", 120))
                 break
 
     rows = []
@@ -393,7 +396,7 @@ def collect(student: str, nb: nbformat.NotebookNode, cells: list[GradeCell], run
         elif run.status in ("dead", "not run"):
             message = run.reason or "not run"
         elif errors:
-            message = _error_message(errors[0], first_error_of[index])
+            message = _error_message(errors[0], earlier[index])
         elif failed:
             message = _short(f"{failed[0].get('name', '')}: {failed[0].get('message', '')}")
         else:

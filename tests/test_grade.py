@@ -283,3 +283,16 @@ def test_total_time_limit_stops_the_notebook(tmp_path):
     rows = grade.grade_submission(grade.Submission("slow", path), cells, cell_timeout=20, total_timeout=1.5)
     assert [(r.exercise, r.passed, r.message) for r in rows] == [
         (c.grade_id, False, "not run: the notebook used up its 1.5 s time limit") for c in cells]
+
+
+@pytest.mark.parametrize("error, earlier, message", [
+    ({"ename": "CheckFailed", "evalue": "✗ mean: returns the sum\n  Hint: divide"}, None, "mean: returns the sum Hint: divide"),
+    ({"ename": "NameError", "evalue": "name 'tau' is not defined"}, ("NotImplementedError", "cell 5, NotImplementedError"),
+     "not attempted: the exercise still raises NotImplementedError"),
+    ({"ename": "NameError", "evalue": "name 'f' is not defined"}, ("ZeroDivisionError", "cell 2, ZeroDivisionError: x"),
+     "NameError: name 'f' is not defined (an earlier cell failed: cell 2, ZeroDivisionError: x)"),
+    ({"ename": "SyntaxError", "evalue": "invalid syntax (3046216412.py, line 3)"}, None, "SyntaxError: invalid syntax (line 3)"),
+    ({"ename": "ValueError", "evalue": "x" * 400}, None, "ValueError: " + "x" * 287 + "…"),
+])
+def test_error_messages(error, earlier, message):
+    assert grade._error_message(error, earlier) == message

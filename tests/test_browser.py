@@ -76,12 +76,14 @@ def nb_page(browser, lab, request):
     page = NotebookPage(context.new_page(), lab)
     failed_before = request.session.testsfailed
     yield page
-    if request.session.testsfailed > failed_before:
-        name = re.sub(r"[^\w.-]+", "_", request.node.name)
-        page.screenshot(SHOTS / f"FAILED_{name}.png")
-        print(f"JupyterLab log (tail):\n{lab.log()[-3000:]}")
-    context.close()
-    lab.shutdown_kernels()
+    try:
+        if request.session.testsfailed > failed_before:
+            print(f"JupyterLab log (tail):\n{lab.log()[-3000:]}")
+            name = re.sub(r"[^\w.-]+", "_", request.node.name)
+            page.screenshot(SHOTS / f"FAILED_{name}.png")
+    finally:
+        context.close()
+        lab.shutdown_kernels()
 
 
 def _sha(path: str) -> str:

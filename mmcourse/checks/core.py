@@ -44,6 +44,7 @@ import math
 import os
 import signal
 import sys
+import sysconfig
 import threading
 import time
 import traceback
@@ -57,10 +58,13 @@ MAX_CAPTURED_CHARS = 10_000  # what we keep of the student's printing during a c
 _MAX_MESSAGE_CHARS = 300  # an error message quoted in a sentence is cut here
 
 # Frames from these files are not the student's: a traceback points at the student's line.
-_NOT_STUDENT_PATHS = tuple(
-    p + os.sep for p in {os.path.dirname(os.path.dirname(os.path.abspath(__file__))),  # mmcourse/
-                         sys.prefix, sys.base_prefix, os.path.dirname(os.__file__)} if p
-)
+_NOT_STUDENT_PATHS = tuple(sorted(
+    os.path.join(os.path.abspath(p), "") for p in {
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))),  # mmcourse/
+        sys.prefix, sys.base_prefix, os.path.dirname(os.__file__),  # the environment, the stdlib
+        *(sysconfig.get_paths().get(k, "") for k in ("purelib", "platlib")),  # site-packages (torch)
+    } if p and os.path.abspath(p) != os.path.abspath(os.sep)
+))
 
 
 def _torch():

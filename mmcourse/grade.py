@@ -230,7 +230,9 @@ def prepare(nb: nbformat.NotebookNode, cells: list[GradeCell]) -> set[str]:
     for cell in nb.cells:
         key = _cell_key(cell)
         if key in wanted and key not in found:
-            cell.cell_type = "code"  # a student may have turned it into markdown
+            if cell.cell_type != "code":  # a student may have turned it into markdown
+                cell.cell_type = "code"
+                cell.pop("attachments", None)
             cell.setdefault("outputs", [])
             cell.setdefault("execution_count", None)
             cell.source = wanted[key].source
@@ -241,6 +243,10 @@ def prepare(nb: nbformat.NotebookNode, cells: list[GradeCell]) -> set[str]:
 class _GradingClient(NotebookClient):
     """A notebook client that keeps at most MAX_OUTPUT_CHARS of output per cell (errors and
     check results always kept), so a flood of printing cannot exhaust the grader's memory."""
+
+    def __init__(self, nb: nbformat.NotebookNode, **kw):
+        super().__init__(nb, **kw)
+        self._output_chars: dict[int, int] = {}  # cell index -> characters of output seen
 
     def output(self, outs, msg, display_id, cell_index):
         content = msg.get("content", {})
@@ -279,7 +285,6 @@ def execute(nb: nbformat.NotebookNode, cwd: Path, cell_timeout: float, total_tim
         resources={"metadata": {"path": str(cwd)}}, startup_timeout=60, iopub_timeout=2,
         record_timing=False, shell_timeout_interval=1, shutdown_kernel="immediate",
     )
-    client._output_chars = {}
     kernel_env = {**os.environ, **(env or {})}
     stop_reason = ""
     # The kernel's own stderr holds only its start-up chatter; the student's output comes via Jupyter.

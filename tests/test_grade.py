@@ -219,10 +219,13 @@ def test_prepare_restores_checks_and_hidden_tests_and_names_missing_cells():
     cells = grade.grade_cells(nbformat.read(str(SOLUTION), as_version=4))
     nb = submission(check_double="pass")
     nb.cells = [c for c in nb.cells if c.id != "check-mean"]
+    hidden = next(c for c in nb.cells if c.id == "hidden-mean")
+    hidden.cell_type = "markdown"  # a student turned the (empty) hidden-test cell into markdown
     missing = grade.prepare(nb, cells)
     assert missing == {"check-mean"}
     by_id = {c.id: c.source for c in nb.cells}
     assert by_id["check-double"] == cells[0].source and by_id["hidden-mean"] == cells[2].source
+    assert hidden.cell_type == "code"
 
 
 @pytest.mark.parametrize("content, problem", [

@@ -2,6 +2,7 @@
 
     python -m mmcourse.grade SUBMISSIONS_DIR --assignment 01 [--solutions solutions]
                              [--out results.csv] [--timeout 120] [--total-timeout 900]
+                             [--jobs 1] [--feedback DIR] [--executed DIR]
 
 For each student (one sub-folder per student, or one `<name>.ipynb` per student at the top):
 
@@ -449,6 +450,24 @@ def write_csv(rows: list[Row], path: Path) -> None:
             writer.writerow([r.student, r.exercise, r.passed, r.points, r.message])
 
 
+def write_feedback(rows: list[Row], cells: list[GradeCell], sub: Submission, assignment: str, folder: Path) -> Path:
+    """`folder/<student>.md`: the student's score and one line per exercise, to hand back
+    (unlike the executed notebook, it does not show the hidden tests' code)."""
+    total, mine = sum(c.points for c in cells), [r for r in rows if r.student == sub.student]
+    points = {c.label: c.points for c in cells}
+    lines = [f"# {assignment}: {sub.student}", "", f"**{sum(r.points for r in mine)} / {total} points**", ""]
+    if sub.problem:
+        lines += [f"Your notebook could not be graded: {sub.problem}.", ""]
+    lines += ["| exercise | points | result |", "|---|---|---|"]
+    for r in mine:
+        mark = "✓" if r.passed else "✗"
+        lines.append(f"| {r.exercise} | {r.points}/{points[r.exercise]} | {mark} {r.message.replace('|', '/')} |")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{sub.student}.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
 def summary(rows: list[Row], cells: list[GradeCell], submissions: list[Submission]) -> str:
     """A plain-text table: each student's score, then each exercise's pass rate."""
     total = sum(c.points for c in cells)
@@ -475,7 +494,8 @@ def summary(rows: list[Row], cells: list[GradeCell], submissions: list[Submissio
 
 def grade_folder(submissions_dir: Path, solution_path: Path, out: Path | None = None,
                  cell_timeout: float = DEFAULT_CELL_TIMEOUT, total_timeout: float = DEFAULT_TOTAL_TIMEOUT,
-                 executed_dir: Path | None = None, log=None, jobs: int = 1) -> list[Row]:
+                 executed_dir: Path | None = None, log=None, jobs: int = 1,
+                 feedback_dir: Path | None = None) -> list[Row]:
     """Grade every submission under `submissions_dir` against `solution_path`; write the CSV
     to `out` (if given) and print progress and the summary to `log` (default: stdout).
     `jobs` submissions run at the same time, each in its own kernel."""
@@ -505,6 +525,9 @@ def grade_folder(submissions_dir: Path, solution_path: Path, out: Path | None = 
             rows = [row for mine in pool.map(one, submissions) for row in mine]
     if out is not None:
         write_csv(rows, out)
+    if feedback_dir is not None:
+        for sub in submissions:
+            write_feedback(rows, cells, sub, solution_path.stem, feedback_dir)
     print("", file=log)
     print(summary(rows, cells, submissions), file=log)
     if out is not None:
@@ -524,6 +547,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=DEFAULT_CELL_TIMEOUT, help="seconds per cell")
     parser.add_argument("--total-timeout", type=float, default=DEFAULT_TOTAL_TIMEOUT, help="seconds per notebook")
     parser.add_argument("--jobs", type=int, default=1, help="submissions graded at the same time (default 1)")
+    parser.add_argument("--feedback", type=Path, default=None,
+                        help="also write each student's results as <student>.md here, to hand back")
     parser.add_argument("--executed", type=Path, default=None,
                         help="also save each executed notebook here (<student>.ipynb), e.g. to return feedback")
     args = parser.parse_args(argv)
@@ -535,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         solution_path = find_solution(solutions, args.assignment)
         grade_folder(args.submissions, solution_path, args.out, args.timeout, args.total_timeout, args.executed,
-                     jobs=args.jobs)
+                     jobs=args.jobs, feedback_dir=args.feedback)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -140,13 +140,13 @@ def graded(tmp_path_factory):
         with redirect_stdout(log):
             code = grade.main([str(root), "--assignment", "99", "--solutions", str(FIXTURES),
                                "--out", str(out_dir / "results.csv"), "--timeout", CELL_TIMEOUT, "--jobs", "3",
-                               "--executed", str(out_dir / "executed")])
+                               "--executed", str(out_dir / "executed"), "--feedback", str(out_dir / "feedback")])
     finally:
         mp.undo()
     with open(out_dir / "results.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
     return {"code": code, "rows": rows, "log": log.getvalue(), "before": before, "after": digest(root),
-            "executed": out_dir / "executed"}
+            "executed": out_dir / "executed", "feedback": out_dir / "feedback"}
 
 
 @pytest.mark.slow
@@ -191,6 +191,19 @@ def test_executed_notebooks_keep_the_check_results(graded):
     assert [(o.output_type, len(o.get("text", ""))) for o in flood] == [("stream", grade.MAX_OUTPUT_CHARS),
                                                                        ("stream", 54), ("error", 0)]
     assert flood[0].text.startswith("x" * 100 + "\n") and "output cut after 100000 characters" in flood[1].text
+
+
+@pytest.mark.slow
+def test_feedback_files_to_hand_back(graded):
+    assert (graded["feedback"] / "bob.md").read_text(encoding="utf-8").splitlines() == [
+        "# 99_demo: bob", "", "**2 / 4 points**", "",
+        "| exercise | points | result |", "|---|---|---|",
+        "| check-double | 0/1 | ✗ double: squared instead of doubled (case: x=3) Hint: 2 * x, not x ** 2 |",
+        "| check-mean | 2/2 | ✓ mean: averages a list of 4 numbers |",
+        "| hidden-mean | 0/1 | ✗ AssertionError: mean([1, 3]) should be 2 |"]
+    gina = (graded["feedback"] / "gina.md").read_text(encoding="utf-8")
+    assert "Your notebook could not be graded: empty file." in gina and "**0 / 4 points**" in gina
+    assert sorted(p.stem for p in graded["feedback"].iterdir()) == sorted({row[0] for row in graded["rows"][1:]})
 
 
 # --------------------------------------------------------------------------- fast parts, no kernel

@@ -379,3 +379,25 @@ def test_models_are_passed_as_they_are_so_a_training_step_can_change_them():
     outcome = call_safely(train_step, model, optimizer, torch.ones(4, 2))
     assert outcome.ok and outcome.mutated == []
     assert not torch.equal(model.weight, before)  # the optimizer updated the caller's model
+
+
+def test_teacher_guide_example_check_works():
+    """The worked example in docs/teaching.md runs and diagnoses the mistakes it claims."""
+    import re
+
+    from conftest import ROOT
+
+    text = (ROOT / "docs" / "teaching.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", text, re.DOTALL)
+    module = next(b for b in blocks if "def check_similarity_matrix" in b)
+    namespace: dict = {}
+    exec(module.replace("from .core import", "from mmcourse.checks.core import"), namespace)  # noqa: S102
+    check = namespace["check_similarity_matrix"]
+
+    def solution(image_emb, text_emb):
+        return F.normalize(image_emb, dim=-1) @ F.normalize(text_emb, dim=-1).T
+
+    assert check(solution).message == "cosine similarities match on 2 cases: shape (N, M), row i = image i"
+    for wrong, mistake in [(lambda a, b: a @ b.T, "not normalised"), (lambda a, b: solution(a, b).T, "transposed"),
+                           (lambda a, b: F.normalize(a, dim=0) @ F.normalize(b, dim=0).T, "normalised over the batch")]:
+        assert pytest.raises(CheckFailed, check, wrong).value.result.message.startswith(mistake)

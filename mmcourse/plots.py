@@ -287,3 +287,79 @@ def plot_occlusion_maps(
     fig.colorbar(shown, ax=axes[1, :].tolist(), shrink=0.8, label="similarity drop (cosine)")
     fig.suptitle(title, fontsize=10)
     return fig
+
+
+# ----------------------------------------------------------------------------- training (lesson 04)
+
+def plot_history(history, axes=None, figsize=(10.0, 3.0)):
+    """Three panels of a `mmcourse.train.History`: the loss per step, the learned logit scale
+    (and the temperature 1 / scale), and the learning rate.
+
+    Args:
+        history: a `History` from `fit`.
+        axes: three `Axes` to draw on (default: a new 1 x 3 figure).
+
+    Returns:
+        The three `Axes`.
+    """
+    if axes is None:
+        _, axes = plt.subplots(1, 3, figsize=figsize)
+    ax_loss, ax_scale, ax_lr = axes
+    ax_loss.plot(history.step, history.loss, lw=1)
+    ax_loss.set(title="Training loss", xlabel="step", ylabel="loss (nats)")
+    ax_scale.plot(history.step, history.logit_scale, color="C1", lw=1.5)
+    ax_scale.set(title="Learned logit scale", xlabel="step", ylabel="logit scale 1/τ (unitless)")
+    twin = ax_scale.twinx()
+    twin.plot(history.step, [1 / s for s in history.logit_scale], color="C2", lw=1, ls="--")
+    twin.set_ylabel("temperature τ (dashed, unitless)")
+    twin.grid(False)
+    ax_lr.plot(history.step, history.lr, color="C3", lw=1.5)
+    ax_lr.set(title="Learning rate: warmup + cosine", xlabel="step", ylabel="learning rate (per step)")
+    ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    ax_loss.figure.tight_layout()
+    return axes
+
+
+def plot_embeddings_2d(
+    image_emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    image_labels: ArrayLike,
+    text_labels: ArrayLike,
+    classnames: Sequence[str] | None = None,
+    title: str = "Image (•) and text (▲) embeddings, first two principal components",
+    ax=None,
+):
+    """Image and text embeddings in one 2-D map (PCA of both sets together), coloured by class,
+    with a different marker per modality.
+
+    Args:
+        image_emb: (N, D) image embeddings (L2-normalised here).
+        text_emb: (M, D) text embeddings (L2-normalised here).
+        image_labels, text_labels: (N,) and (M,) class indices, for the colours.
+        classnames: names for the legend (default: the indices).
+        title: plot title.
+        ax: an `Axes` to draw on (default: a new figure).
+
+    Returns:
+        The `Axes`.
+    """
+    ax = _axes(ax, figsize=(5.5, 4.5))
+    n = image_emb.shape[0]
+    x = torch.cat([torch.nn.functional.normalize(e.detach().float().cpu(), dim=-1) for e in (image_emb, text_emb)])
+    centred = x - x.mean(0)
+    _, s, v = torch.linalg.svd(centred, full_matrices=False)
+    xy = (centred @ v[:2].T).numpy()  # (N + M, 2)
+    explained = (s[:2] ** 2).sum().item() / (s ** 2).sum().item()
+    labels = np.concatenate([_numpy(image_labels), _numpy(text_labels)]).astype(int)
+    cmap = plt.get_cmap("tab10" if labels.max() < 10 else "tab20")
+    for c in np.unique(labels):
+        name = classnames[c] if classnames is not None else str(c)
+        img, txt = (labels[:n] == c), (labels[n:] == c)
+        ax.scatter(xy[:n][img, 0], xy[:n][img, 1], s=8, alpha=0.5, color=cmap(c % cmap.N), marker="o", label=name)
+        ax.scatter(xy[n:][txt, 0], xy[n:][txt, 1], s=40, alpha=0.9, color=cmap(c % cmap.N), marker="^",
+                   edgecolors="black", linewidths=0.5)
+    ax.set_xlabel("principal component 1 (unitless)")
+    ax.set_ylabel("principal component 2 (unitless)")
+    ax.set_title(f"{title}\n({explained:.0%} of the variance)", fontsize=10)
+    ax.legend(fontsize=7, markerscale=1.5, ncol=2, loc="best", title="class", title_fontsize=7)
+    return ax

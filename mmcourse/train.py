@@ -52,7 +52,8 @@ class TrainConfig:
         warmup_fraction: used when `warmup_steps` is None.
         grad_clip_norm: clip the gradient norm to this value (None: no clipping).
         logit_scale_max: clamp `model.logit_scale` to [0, this] after every step (None: no clamp).
-        seed: seeds Python, NumPy and torch at the start of a fresh run.
+        seed: seeds Python, NumPy, torch and the loader's shuffling generator (if it has one)
+            at the start of a fresh run, so a run can be repeated with the same loader object.
         device: "cpu", "cuda", "mps"...; None picks with `mmcourse.utils.get_device`.
         max_seconds: stop after this much training time (validation excluded); None: no limit.
         log_every: update the progress bar's loss read-out every this many steps.
@@ -454,8 +455,10 @@ def fit(
     model.to(device)
 
     ckpt = load_checkpoint(checkpoint_path) if resume and Path(checkpoint_path).exists() else None
-    if ckpt is None:
+    if ckpt is None:  # a fresh run: every generator starts from config.seed, so runs repeat exactly
         seed_everything(config.seed)
+        for g in _loader_generators(train_loader):
+            g.manual_seed(config.seed)
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config.num_warmup_steps(total_steps), total_steps)
     state = TrainState(model, optimizer, scheduler, config, History(), total_steps)

@@ -353,3 +353,12 @@ def test_default_loss_is_siglip_for_a_model_with_bias():
     torch.testing.assert_close(clip_loss_fn(model, batch), ref)
     torch.testing.assert_close(clip_loss_fn(model, batch),
                                siglip_loss(out.image_embeds, out.text_embeds, out.logit_scale, out.logit_bias))
+
+
+def test_same_loader_object_reused_gives_the_same_run():
+    model, loader = make_run(generator=True)
+    first = fit(model, loader, TrainConfig(**CFG))
+    model, _ = make_run()
+    assert fit(model, loader, TrainConfig(**CFG)).loss == first.loss  # the loader's generator is re-seeded
+    model, _ = make_run()
+    assert fit(model, loader, TrainConfig(**CFG, seed=1)).loss != first.loss

@@ -255,3 +255,24 @@ def test_temperature_predictions():
 
 def test_not_a_function():
     fails_with(check_info_nce, 3.0, "expected a function")
+
+
+def test_two_mistakes_at_once_still_named():
+    # the student's loop from the lesson with τ multiplied AND a sum: no single known variant matches,
+    # the property tests still name one mistake; fixing it reveals the other
+    def multiplied_and_summed(z, z_pos, temperature=0.07):
+        z, z_pos = z / z.norm(dim=1, keepdim=True), z_pos / z_pos.norm(dim=1, keepdim=True)
+        e = torch.exp(z @ z_pos.T * temperature)
+        return -torch.log(e.diagonal() / e.sum(dim=1)).sum()
+
+    def multiplied_and_unnormalised(z, z_pos, temperature=0.07):
+        e = torch.exp(z @ z_pos.T * temperature)
+        return -torch.log(e.diagonal() / e.sum(dim=1)).mean()
+
+    fails_with(check_info_nce_naive, multiplied_and_summed, "returns a sum, not a mean")
+    fails_with(check_info_nce_naive, multiplied_and_unnormalised, "temperature multiplied instead of divided")
+
+    def clip_one_way_summed(image_emb, text_emb, logit_scale):
+        return F.cross_entropy(logit_scale * image_emb @ text_emb.T, torch.arange(len(image_emb)), reduction="sum")
+
+    fails_with(check_clip_loss, clip_one_way_summed, "returns a sum, not a mean")

@@ -73,6 +73,11 @@ def _info_nce_variants():
         Variant(lambda z, z_pos, temperature=0.07: _ce((_unit(z) @ _unit(z_pos).T / temperature).T),
                 "softmax over the wrong axis: each column (not each row) was normalised",
                 "each anchor z_i picks among all z_j+: the softmax runs along dim=1 of z @ z_pos.T"),
+        # Properties test one feature each, so they still name a mistake when two are combined.
+        Property(lambda fn: _near(_on_identical(fn, 4), 4 * math.log(4)),
+                 "returns a sum, not a mean", "the formula has 1/N in front: average over the N anchors"),
+        Property(_tau_backwards, "temperature multiplied instead of divided: your loss grows when τ shrinks "
+                 "on well-aligned pairs", "the logits are similarity / τ"),
         Property(lambda fn: _not_scale_invariant(fn),
                  "not normalised (the loss changes when you scale the inputs)",
                  "use the cosine similarity: F.normalize(x, dim=-1) before the dot product"),
@@ -80,6 +85,26 @@ def _info_nce_variants():
                  "wrong shape returned: the loss must be a scalar (shape ())",
                  "reduce the per-anchor losses with .mean()"),
     ]
+
+
+def _near(value, target: float, tol: float = 1e-4) -> bool:
+    """Whether `value` (a number or one-element tensor) is within `tol` of `target`."""
+    try:
+        return abs(float(value) - target) <= tol
+    except (TypeError, ValueError, RuntimeError):
+        return False
+
+
+def _on_identical(fn, n: int, *args):
+    # all embeddings equal: every similarity is 1, the softmax is uniform and the loss is log N exactly
+    x = torch.ones(n, 3, dtype=f64)
+    return fn(x, x.clone(), *args) if args else fn(x, x.clone(), temperature=0.5)
+
+
+def _tau_backwards(fn) -> bool:
+    a, _ = _data(6, 4, 6)
+    b = a + 0.05 * _data(6, 4, 8)[1]  # each positive is by far its row's most similar candidate
+    return float(fn(a, b, temperature=0.05)) > float(fn(a, b, temperature=1.0)) + 1e-6
 
 
 def _not_scale_invariant(fn) -> bool:
@@ -169,6 +194,10 @@ def check_clip_loss(clip_loss, raise_on_fail: bool = True) -> CheckResult:
         Variant(lambda i, t, s: (F.cross_entropy(s * i @ t.T, torch.arange(len(i)), reduction="sum")
                                  + F.cross_entropy(s * t @ i.T, torch.arange(len(i)), reduction="sum")) / 2,
                 "returns a sum, not a mean", "average over the N pairs in each direction"),
+        Property(lambda fn: _near(_on_identical(fn, 4, 10.0), 2 * math.log(4)),
+                 "you added the two directions instead of averaging", "divide the sum of the two cross-entropies by 2"),
+        Property(lambda fn: any(_near(_on_identical(fn, 4, 10.0), k * math.log(4)) for k in (4, 8)),
+                 "returns a sum, not a mean", "average over the N pairs in each direction"),
         Property(_asymmetric, "your loss is not symmetric: swapping images and texts changes it",
                  "average the image→text and text→image cross-entropies"),
     ]

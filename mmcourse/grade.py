@@ -202,7 +202,7 @@ def find_submissions(root: Path, solution_path: Path, solution_ids: set[str]) ->
         by_student.setdefault(_student_name(rel, stem), []).append(path)
 
     submissions = []
-    for student, paths in sorted(by_student.items()):
+    for student, paths in sorted(by_student.items(), key=lambda item: (item[0].casefold(), item[0])):
         ranked = []
         for path in paths:
             nb, problem = _read_notebook(path)

@@ -232,6 +232,17 @@ def test_not_implemented_blank_fails_with_the_students_error():
     assert not result.passed and result.message.startswith("not implemented yet")
 
 
+def test_an_exception_that_cannot_be_printed_is_still_reported():
+    class Nasty(Exception):
+        def __str__(self):
+            raise RuntimeError("no")
+
+    def student(x):
+        raise Nasty()
+
+    assert message_of(student).startswith("✗ softmax: your code raised Nasty (line ")
+
+
 def test_passing_a_value_instead_of_a_function():
     msg = message_of(torch.softmax(Z, -1))
     assert msg == ("✗ softmax: expected a function, got a tensor of shape (6, 4)\n"

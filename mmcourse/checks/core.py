@@ -288,13 +288,19 @@ class Outcome:
         if isinstance(err, RecursionError):
             return "your code called itself without end (RecursionError)"
         where = _student_line(err)
-        text = _short(str(err))
+        try:
+            text = _short(str(err))
+        except Exception:  # noqa: BLE001 - a student's exception class may break even str()
+            text = ""
         return f"your code raised {type(err).__name__}" + (f": {text}" if text else "") + where
 
 
 def _student_line(err: BaseException) -> str:
     """" (line N: `code`)" for the last traceback frame in the student's code, or ""."""
-    frames = traceback.extract_tb(err.__traceback__)
+    try:
+        frames = traceback.extract_tb(err.__traceback__)
+    except Exception:  # noqa: BLE001
+        return ""
     for frame in reversed(frames):
         path = os.path.abspath(frame.filename) if not frame.filename.startswith("<") else frame.filename
         if path.startswith(_NOT_STUDENT_PATHS):

@@ -348,6 +348,8 @@ class Shapes(Dataset):
     def _sample(self, rng: np.random.Generator) -> None:
         n, S = self.n, self.image_size
         combos = self._allowed_combos()
+        if self.two_objects and len(combos) < 2:
+            raise ValueError("two_objects needs at least two colour–shape combinations left after the holdout")
         pick = rng.integers(len(combos), size=n)
         self.colour, self.shape = torch.from_numpy(combos[pick, 0]), torch.from_numpy(combos[pick, 1])
         self.size = torch.from_numpy(rng.integers(len(meta.SIZE_NAMES), size=n))

@@ -223,6 +223,8 @@ def test_holdout_absent_from_train_and_val_present_in_test(two):
     ({"holdout": ["circle"]}, "pairs"),
     ({"holdout": [(c, s) for c in meta.COLOUR_NAMES for s in meta.SHAPE_NAMES]}, "every colour"),
     ({"n": 0}, "n must be"),
+    ({"holdout": [(c, s) for c in meta.COLOUR_NAMES for s in meta.SHAPE_NAMES][1:], "two_objects": True},
+     "at least two"),
     ({"image_size": 8}, "image_size"),
     ({"templates": ["a {colour} thing"], "two_objects": True}, "has none of the fields"),
 ])

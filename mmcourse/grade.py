@@ -41,7 +41,7 @@ from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
-from nbclient.exceptions import DeadKernelError
+from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
 from mmcourse.checks.core import CHECK_MIMETYPE
 from mmcourse.exercises import normalise_solution
@@ -51,6 +51,7 @@ DEFAULT_CELL_TIMEOUT = 120.0  # seconds per cell: a lesson-sized cell takes seco
 DEFAULT_TOTAL_TIMEOUT = 900.0  # seconds per notebook
 DEFAULT_CHECK_TIMEOUT = 10.0  # seconds per call of student code inside a check
 PROBE_TIMEOUT = 10  # seconds a kernel may take to answer after an interrupted cell
+IOPUB_TIMEOUT = 10  # seconds a cell's last outputs may trail its reply (a backlog after a flood)
 MAX_OUTPUT_CHARS = 100_000  # output kept per cell; a print in an endless loop makes gigabytes
 CSV_FIELDS = ("student", "exercise", "passed", "points", "message")
 _MESSAGE_CHARS = 300
@@ -91,7 +92,7 @@ class Submission:
 class CellRun:
     """What happened when one cell was (or was not) executed."""
 
-    status: str = "not run"  # "ran", "timeout", "dead", "not run"
+    status: str = "not run"  # "ran", "timeout", "incomplete" (outputs lost), "dead", "not run"
     reason: str = ""  # for "not run" / "dead": why
 
 
@@ -283,7 +284,8 @@ def execute(nb: nbformat.NotebookNode, cwd: Path, cell_timeout: float, total_tim
     client = _GradingClient(
         nb, timeout=cell_timeout_s, kernel_name="python3", allow_errors=True, interrupt_on_timeout=True,
         error_on_timeout={"ename": "TimeoutError", "evalue": "cell timed out", "traceback": []},
-        resources={"metadata": {"path": str(cwd)}}, startup_timeout=60, iopub_timeout=2,
+        resources={"metadata": {"path": str(cwd)}}, startup_timeout=60, iopub_timeout=IOPUB_TIMEOUT,
+        raise_on_iopub_timeout=True,  # a cell whose outputs did not all arrive must not look clean
         record_timing=False, shell_timeout_interval=1, shutdown_kernel="immediate",
     )
     kernel_env = {**os.environ, **(env or {})}
@@ -305,6 +307,11 @@ def execute(nb: nbformat.NotebookNode, cwd: Path, cell_timeout: float, total_tim
             t0 = time.monotonic()
             try:
                 client.execute_cell(cell, index)
+            except CellTimeoutError:
+                if time.monotonic() - t0 < client.timeout - 0.05:  # replied, but its outputs never came
+                    runs[index] = CellRun("incomplete", "its output did not arrive in time (after a flood of printing?)")
+                    continue
+                # else: timed out and interrupted, and the kernel did not even report idle: as below
             except DeadKernelError:
                 runs[index] = CellRun("dead", "the kernel died while running this cell (os._exit, a crash, "
                                               "or out of memory)")
@@ -377,7 +384,7 @@ def collect(student: str, nb: nbformat.NotebookNode, cells: list[GradeCell], run
         earlier[index] = last_error
         if _cell_key(cell) in graded_ids:
             continue
-        if runs[index].status in ("timeout", "dead"):
+        if runs[index].status in ("timeout", "dead", "incomplete"):
             last_error = (runs[index].status, f"cell {index} {runs[index].reason}")
             continue
         for out in cell.get("outputs", []):
@@ -397,7 +404,7 @@ def collect(student: str, nb: nbformat.NotebookNode, cells: list[GradeCell], run
                    if o.get("output_type") in ("display_data", "execute_result") and CHECK_MIMETYPE in o.get("data", {})]
         results = [r if isinstance(r, dict) else {} for r in results]
         failed = [r for r in results if not r.get("passed")]
-        if run.status == "timeout":
+        if run.status in ("timeout", "incomplete"):
             message = run.reason
         elif run.status in ("dead", "not run"):
             message = run.reason or "not run"

@@ -74,10 +74,11 @@ def test_occlusion_map_finds_the_pixels_the_model_reads():
     with torch.no_grad():
         w = model.weight.view(4, 1, 6, 5)
         w[:, :, :3, :] = 0  # the model ignores the top half
-    image = torch.rand(1, 6, 5)
-    heat = analysis.occlusion_map(model, image, torch.randn(4), patch_size=1)
-    assert heat[:3].abs().max() == 0
-    assert heat[3:].abs().max() > 0
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(1, 6, 5, generator=g)
+    heat = analysis.occlusion_map(model, image, torch.randn(4, generator=g), patch_size=1)
+    assert heat[:3].abs().max() < 1e-6  # zero up to float rounding (batched vs single forward)
+    assert heat[3:].abs().max() > 1e-2
 
 
 def test_occlusion_map_errors():

@@ -9,7 +9,9 @@ Reads top to bottom:
    open_clip's `get_clip_metrics` numbers (`image_to_text_R@1`, `text_to_image_mean_rank`, ...),
    also when an image has several captions (COCO / Flickr30k style).
 3. `encode_dataset` embeds a whole data loader; `linear_probe` fits scikit-learn's logistic
-   regression on the frozen image embeddings (CLIP paper, section 3.2).
+   regression on the frozen image embeddings (CLIP paper, section 3.2); `ImageClassifier` with
+   `classification_loss` is the image tower + linear head that `mmcourse.train.fit` trains from
+   scratch (supervised baseline) or fine-tunes from the zero-shot head.
 
 Embeddings are (N, D) tensors; functions that need them L2-normalised say so and normalise.
 Bad input raises `ValueError` naming the problem.

@@ -39,6 +39,10 @@ from transformers import PreTrainedTokenizerFast
 
 from . import zero_shot_metadata as meta
 
+# Batches of short captions gain nothing from the Rust thread pool, and a DataLoader worker
+# forked after it started would print a warning; users can still opt in.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
 PAD, UNK, SOT, EOT, MASK = "[PAD]", "[UNK]", "[SOT]", "[EOT]", "[MASK]"
 SPECIAL_TOKENS = (PAD, UNK, SOT, EOT, MASK)  # ids 0..4, in this order
 DEFAULT_CONTEXT_LENGTH = 20  # the longest template caption is 17 tokens with [SOT] and [EOT]

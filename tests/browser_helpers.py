@@ -217,27 +217,45 @@ _PLOTS_SIGNATURE_JS = """(cell) => [...cell.querySelectorAll(%r)].map(e =>
 ).join('|')""" % PLOT_SELECTOR
 
 
+def _writes_a_file(method: str, path: str) -> bool:
+    """Whether a request to the server saves, creates, renames or deletes a file of the repo.
+
+    Opening a notebook POSTs `.../checkpoints` (a copy kept in the server's temporary
+    checkpoint folder, see `LabServer.start`): allowed. Restoring one (`.../checkpoints/<id>`)
+    would overwrite the notebook: blocked.
+    """
+    if "/api/contents" not in path or method in {"GET", "HEAD"}:
+        return False
+    return not (method == "POST" and path.endswith("/checkpoints"))
+
+
 class NotebookPage:
     """One Chromium page showing one notebook of a `LabServer` in JupyterLab.
 
-    Every request the page makes off the server (e.g. a news feed, a CDN) is blocked and
-    recorded in `offsite_requests`.
+    Blocked and recorded: every request off the server (a news feed, a CDN) in
+    `offsite_requests`, and every write to the repo's files (a save, a rename) in
+    `file_writes`, so a test run never changes the course's notebooks.
     """
 
     def __init__(self, page, server: LabServer):
         self.page = page
         self.server = server
         self.offsite_requests: list[str] = []
+        self.file_writes: list[str] = []
         page.set_default_timeout(60_000)
-        page.route("**/*", self._only_localhost)
+        page.route("**/*", self._guard)
 
-    def _only_localhost(self, route) -> None:
-        url = route.request.url
-        if url.startswith(self.server.url + "/") or url.startswith(("data:", "blob:")):
-            route.continue_()
-        else:
+    def _guard(self, route) -> None:
+        request = route.request
+        url = request.url
+        if not (url.startswith(self.server.url + "/") or url.startswith(("data:", "blob:"))):
             self.offsite_requests.append(url)
             route.abort()
+        elif _writes_a_file(request.method, url.split("?")[0]):
+            self.file_writes.append(f"{request.method} {url.split('?')[0]}")
+            route.abort()
+        else:
+            route.continue_()
 
     def open(self, path: str, timeout: float = 90.0) -> None:
         """Open `path` (relative to the repo) and wait until its kernel is idle."""

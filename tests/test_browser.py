@@ -12,7 +12,6 @@ Run it alone with `pytest -m browser`.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from pathlib import Path
@@ -29,7 +28,8 @@ from browser_helpers import (
     launch_chromium,
 )
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
+# One xdist worker runs the whole module (`make test` uses --dist loadgroup): one server, one browser.
+pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("browser"), pytest.mark.timeout(300)]
 
 SHOTS = REPO / "build" / "browser"
 LESSON_02 = "notebooks/02_temperature.ipynb"
@@ -53,8 +53,6 @@ def lab(tmp_path_factory):
         if _in_ci():
             pytest.fail(f"the browser test must run in CI, but {reason}", pytrace=False)
         pytest.skip(f"no headless browser here: {reason}")
-    for old in SHOTS.glob("*.png"):  # screenshots of an earlier run would mislead
-        old.unlink()
     with LabServer(tmp_path_factory.mktemp("jupyterlab")) as server:
         yield server
 
@@ -74,20 +72,18 @@ def nb_page(browser, lab, request):
     """A fresh page (own browser context); kernels shut down afterwards; screenshot on failure."""
     context = browser.new_context(viewport={"width": 1280, "height": 1000})
     page = NotebookPage(context.new_page(), lab)
+    safe_name = re.sub(r"[^\w.-]+", "_", request.node.name)
+    failed_shot = SHOTS / f"FAILED_{safe_name}.png"
+    failed_shot.unlink(missing_ok=True)  # from an earlier run
     failed_before = request.session.testsfailed
     yield page
     try:
         if request.session.testsfailed > failed_before:
             print(f"JupyterLab log (tail):\n{lab.log()[-3000:]}")
-            name = re.sub(r"[^\w.-]+", "_", request.node.name)
-            page.screenshot(SHOTS / f"FAILED_{name}.png")
+            page.screenshot(failed_shot)
     finally:
         context.close()
         lab.shutdown_kernels()
-
-
-def _sha(path: str) -> str:
-    return hashlib.sha256((REPO / path).read_bytes()).hexdigest()
 
 
 def _may_show_widgets(path: str) -> bool:
@@ -107,18 +103,18 @@ def _assert_widgets_rendered(page: NotebookPage, path: str) -> None:
 
 
 def _assert_clean(page: NotebookPage, where: str) -> None:
-    """No error dialog, no widget that failed to render, no traceback, nothing fetched off-site."""
+    """No error dialog, no widget that failed to render, no traceback, no network, no file saved."""
     assert page.dialogs() == [], f"{where}: JupyterLab shows an error dialog: {page.dialogs()}"
     text = page.notebook_text()
     assert WIDGET_ERROR not in text, f"{where}: a widget failed to render ({WIDGET_ERROR!r})"
     assert TRACEBACK not in text, f"{where}: an output shows a traceback"
     assert page.offsite_requests == [], f"{where}: the page tried the network: {page.offsite_requests}"
+    assert page.file_writes == [], f"{where}: JupyterLab tried to write the course's files: {page.file_writes}"
 
 
 def test_temperature_slider_redraws_the_plot(nb_page: NotebookPage):
     if not (REPO / LESSON_02).exists():
         pytest.fail(f"{LESSON_02} is missing", pytrace=False)
-    on_disk = _sha(LESSON_02)
     page = nb_page.page
     nb_page.open(LESSON_02)
     nb_page.run_all()
@@ -161,12 +157,10 @@ def test_temperature_slider_redraws_the_plot(nb_page: NotebookPage):
         f"the plot looks the same at τ = {tau_before} and τ = {tau_after} (pixel-identical)"
     )
     _assert_clean(nb_page, f"{LESSON_02} after moving τ")
-    assert _sha(LESSON_02) == on_disk, f"the browser test changed {LESSON_02} on disk"
 
 
 @pytest.mark.parametrize("path", LESSONS)
 def test_lesson_opens_without_errors(nb_page: NotebookPage, path: str):
-    on_disk = _sha(path)
     nb_page.open(path)
     stem = Path(path).stem
     expected_cells = len(nbformat.read(REPO / path, as_version=4).cells)
@@ -181,4 +175,3 @@ def test_lesson_opens_without_errors(nb_page: NotebookPage, path: str):
         _assert_widgets_rendered(nb_page, path)
         _assert_clean(nb_page, f"{path} after Run All Cells")
     nb_page.screenshot(SHOTS / f"open_{stem}.png")
-    assert _sha(path) == on_disk, f"the browser test changed {path} on disk"

@@ -2,7 +2,7 @@
 
     python -m mmcourse.grade SUBMISSIONS_DIR --assignment 01 [--solutions solutions]
                              [--out results.csv] [--timeout 120] [--total-timeout 900]
-                             [--jobs 1] [--feedback DIR] [--executed DIR]
+                             [--jobs 1] [--feedback DIR] [--answers FILE] [--executed DIR]
 
 For each student (one sub-folder per student, or one `<name>.ipynb` per student at the top):
 
@@ -475,6 +475,35 @@ def write_feedback(rows: list[Row], cells: list[GradeCell], sub: Submission, ass
     return path
 
 
+def written_answers(solution: nbformat.NotebookNode, submissions: list[Submission]) -> tuple[int, str]:
+    """(number of questions, a Markdown page with every student's written answers, question by
+    question) — the markdown answer cells are for a person to read, not for the grader."""
+    cells = normalise_solution(solution).cells
+    markers = ("### BEGIN SOLUTION", "### END SOLUTION")
+    lines, n_questions = [], 0
+    for index, question in enumerate(cells):
+        if question.cell_type != "markdown" or not question.metadata.get("nbgrader", {}).get("solution"):
+            continue
+        n_questions += 1
+        source = question.source.splitlines()
+        before = source[: next((i for i, line in enumerate(source) if line.strip() == markers[0]), 0)]
+        context = before or next((c.source.splitlines() for c in reversed(cells[:index]) if c.cell_type == "markdown"), [])
+        prompt = next((line.lstrip("#").strip() for line in context if line.strip()), _cell_key(question))
+        lines += [f"## Question {n_questions}: {prompt}", ""]
+        for sub in submissions:
+            nb = _read_notebook(sub.path)[0] if sub.path is not None and not sub.problem else None
+            cell = next((c for c in nb.cells if _cell_key(c) == _cell_key(question)), None) if nb is not None else None
+            if cell is None:
+                text = "(no notebook)" if nb is None else "(cell missing)"
+            else:
+                answer = cell.source.splitlines()
+                answer = answer[len(before):] if answer[: len(before)] == before else answer  # drop the question
+                text = "\n".join(line for line in answer if line.strip() not in markers).strip()
+                text = "(no answer)" if text in ("", "YOUR ANSWER HERE") else text
+            lines += [f"### {sub.student}", "", *(f"> {line}" for line in text.splitlines()), ""]
+    return n_questions, "\n".join(lines)
+
+
 def summary(rows: list[Row], cells: list[GradeCell], submissions: list[Submission]) -> str:
     """A plain-text table: each student's score, then each exercise's pass rate."""
     total = sum(c.points for c in cells)
@@ -502,7 +531,7 @@ def summary(rows: list[Row], cells: list[GradeCell], submissions: list[Submissio
 def grade_folder(submissions_dir: Path, solution_path: Path, out: Path | None = None,
                  cell_timeout: float = DEFAULT_CELL_TIMEOUT, total_timeout: float = DEFAULT_TOTAL_TIMEOUT,
                  executed_dir: Path | None = None, log=None, jobs: int = 1,
-                 feedback_dir: Path | None = None) -> list[Row]:
+                 feedback_dir: Path | None = None, answers: Path | None = None) -> list[Row]:
     """Grade every submission under `submissions_dir` against `solution_path`; write the CSV
     to `out` (if given) and print progress and the summary to `log` (default: stdout).
     `jobs` submissions run at the same time, each in its own kernel."""
@@ -535,8 +564,14 @@ def grade_folder(submissions_dir: Path, solution_path: Path, out: Path | None = 
     if feedback_dir is not None:
         for sub in submissions:
             write_feedback(rows, cells, sub, solution_path.stem, feedback_dir)
+    n_questions, page = written_answers(solution, submissions)
+    if answers is not None:
+        answers.write_text(f"# Written answers: {solution_path.stem}\n\n{page}", encoding="utf-8")
     print("", file=log)
     print(summary(rows, cells, submissions), file=log)
+    if n_questions:
+        where = f"collected in {answers}" if answers is not None else "collect them with --answers FILE"
+        print(f"\n{n_questions} written answer(s) per student are not graded automatically: {where}", file=log)
     if out is not None:
         print(f"\nResults: {out}", file=log)
     return rows
@@ -556,6 +591,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="submissions graded at the same time (default 1)")
     parser.add_argument("--feedback", type=Path, default=None,
                         help="also write each student's results as <student>.md here, to hand back")
+    parser.add_argument("--answers", type=Path, default=None,
+                        help="also collect the written (markdown) answers of every student into this .md file")
     parser.add_argument("--executed", type=Path, default=None,
                         help="also save each executed notebook here (<student>.ipynb), e.g. to return feedback")
     args = parser.parse_args(argv)
@@ -567,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         solution_path = find_solution(solutions, args.assignment)
         grade_folder(args.submissions, solution_path, args.out, args.timeout, args.total_timeout, args.executed,
-                     jobs=args.jobs, feedback_dir=args.feedback)
+                     jobs=args.jobs, feedback_dir=args.feedback, answers=args.answers)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -97,7 +97,8 @@ def write_submissions(root):
         path.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, str(path))
 
-    write("alice/99_demo.ipynb", submission())
+    write("alice/99_demo.ipynb", submission(why_len="Why divide by `len(xs)` and not by a fixed number?\n\n"
+                                                    "Because the number of items changes."))
     (root / "alice" / ".ipynb_checkpoints").mkdir()
     (root / "alice" / ".ipynb_checkpoints" / "99_demo-checkpoint.ipynb").write_text("not even JSON")
     write("bob/99_demo.ipynb", submission(double="def double(x):\n    return x ** 2",
@@ -141,13 +142,14 @@ def graded(tmp_path_factory):
         with redirect_stdout(log):
             code = grade.main([str(root), "--assignment", "99", "--solutions", str(FIXTURES),
                                "--out", str(out_dir / "results.csv"), "--timeout", CELL_TIMEOUT, "--jobs", "3",
-                               "--executed", str(out_dir / "executed"), "--feedback", str(out_dir / "feedback")])
+                               "--executed", str(out_dir / "executed"), "--feedback", str(out_dir / "feedback"),
+                               "--answers", str(out_dir / "answers.md")])
     finally:
         mp.undo()
     with open(out_dir / "results.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
     return {"code": code, "rows": rows, "log": log.getvalue(), "before": before, "after": digest(root),
-            "executed": out_dir / "executed", "feedback": out_dir / "feedback"}
+            "executed": out_dir / "executed", "feedback": out_dir / "feedback", "answers": out_dir / "answers.md"}
 
 
 @pytest.mark.slow
@@ -205,6 +207,16 @@ def test_feedback_files_to_hand_back(graded):
     gina = (graded["feedback"] / "gina.md").read_text(encoding="utf-8")
     assert "Your notebook could not be graded: empty file." in gina and "**0 / 4 points**" in gina
     assert sorted(p.stem for p in graded["feedback"].iterdir()) == sorted({row[0] for row in graded["rows"][1:]})
+
+
+@pytest.mark.slow
+def test_written_answers_collected_for_reading(graded):
+    page = (graded["answers"]).read_text(encoding="utf-8")
+    assert page.startswith("# Written answers: 99_demo\n\n## Question 1: Why divide by `len(xs)` and not by a fixed number?")
+    assert "### alice\n\n> Because the number of items changes.\n" in page
+    assert "### bob\n\n> (no answer)\n" in page and "### gina\n\n> (no notebook)\n" in page
+    assert "### ivan\n\n> (no answer)\n" in page
+    assert "1 written answer(s) per student are not graded automatically: collected in" in graded["log"]
 
 
 # --------------------------------------------------------------------------- fast parts, no kernel

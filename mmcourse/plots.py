@@ -291,7 +291,7 @@ def plot_occlusion_maps(
 
 # ----------------------------------------------------------------------------- training (lesson 04)
 
-def plot_history(history, axes=None, figsize=(10.0, 3.0)):
+def plot_history(history, axes=None, figsize=(11.0, 3.2)):
     """Three panels of a `mmcourse.train.History`: the loss per step, the learned logit scale
     (and the temperature 1 / scale), and the learning rate.
 
@@ -311,7 +311,7 @@ def plot_history(history, axes=None, figsize=(10.0, 3.0)):
     ax_scale.set(title="Learned logit scale", xlabel="step", ylabel="logit scale 1/τ (unitless)")
     twin = ax_scale.twinx()
     twin.plot(history.step, [1 / s for s in history.logit_scale], color="C2", lw=1, ls="--")
-    twin.set_ylabel("temperature τ (dashed, unitless)")
+    twin.set_ylabel("τ = 1 / scale (dashed)")
     twin.grid(False)
     ax_lr.plot(history.step, history.lr, color="C3", lw=1.5)
     ax_lr.set(title="Learning rate: warmup + cosine", xlabel="step", ylabel="learning rate (per step)")

@@ -4,7 +4,8 @@ The server is started the way a learner starts it (`scripts/lab.sh`, i.e. `make 
 127.0.0.1 with a random token, a free port, and settings/workspace folders of its own so the
 test neither reads nor changes a learner's JupyterLab settings. The browser is Debian's
 `chromium` (`scripts/install_browser.sh`) driven by the Python `playwright` package through
-`executable_path`; `playwright install` is never needed.
+`executable_path`; `playwright install` is never needed. `MMCOURSE_CHROMIUM` points at another
+Chromium binary (e.g. /usr/bin/chromium-browser elsewhere).
 """
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import hashlib
 import json
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -125,6 +125,9 @@ class LabServer:
             JUPYTERLAB_SETTINGS_DIR=str(settings),
             JUPYTERLAB_WORKSPACES_DIR=str(self.workdir / "lab-workspaces"),
             JUPYTER_RUNTIME_DIR=str(self.workdir / "runtime"),
+            # no user-level Jupyter config or kernelspecs: the course's environment only
+            JUPYTER_CONFIG_DIR=str(self.workdir / "config"),
+            JUPYTER_DATA_DIR=str(self.workdir / "data"),
             MMCOURSE_NUM_THREADS=os.environ.get("MMCOURSE_NUM_THREADS", "1"),
             PYTHONUNBUFFERED="1",
         )
@@ -147,9 +150,10 @@ class LabServer:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                code = self.proc.returncode
+                self.stop()
                 raise RuntimeError(
-                    f"JupyterLab exited with code {self.proc.returncode} during start-up; "
-                    f"its log:\n{self.log()[-3000:]}"
+                    f"JupyterLab exited with code {code} during start-up; its log:\n{self.log()[-3000:]}"
                 )
             try:
                 self.api("GET", "status", timeout=2)
@@ -168,20 +172,20 @@ class LabServer:
             self.api("DELETE", f"sessions/{session['id']}")
 
     def stop(self) -> None:
+        """Stop the server and everything it started (its process group), gracefully first."""
         if self.proc is None:
             return
-        if self.proc.poll() is None:
+        pgid = self.proc.pid  # start_new_session: the server leads its own process group
+        for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
             try:
-                pgid = os.getpgid(self.proc.pid)
-                os.killpg(pgid, signal.SIGTERM)  # the server and every kernel it started
-                try:
-                    self.proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    pass
-                os.killpg(pgid, signal.SIGKILL)  # kernels that outlived the server
+                os.killpg(pgid, sig)
             except ProcessLookupError:
+                break  # nothing of the group is left
+            try:
+                self.proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
                 pass
-            self.proc.wait(timeout=10)
+            time.sleep(0.2)  # kernels that outlive the server get the SIGKILL
         self.log_file.close()
         self.proc = None
 

@@ -1,0 +1,233 @@
+"""Checks for assignment 04 (training CLIP).
+
+* `check_clip_logits`: the two logit matrices from raw head outputs and the stored logit scale;
+* `check_training_step`: one training step (forward, symmetric loss, zero_grad/backward/step,
+  schedule, clamp), run twice on a tiny model and compared with the reference step;
+* `check_loss_floor`: the false-negative floor of a batch, mean over pairs of ln n_{y_i}.
+
+Each names the usual mistakes: no normalisation, the log scale used as a multiplier, a missing
+transpose, gradients that accumulate, a schedule that never moves, a missing clamp, ...
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from .core import Case, CheckResult, Property, Variant, run_check
+
+__all__ = ["check_clip_logits", "check_training_step", "check_loss_floor"]
+
+MAX_LOGIT_SCALE = math.log(100)
+
+
+# ----------------------------------------------------------------------------- exercise 1: the logits
+
+def reference_clip_logits(image_features: torch.Tensor, text_features: torch.Tensor,
+                          logit_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits_per_image (B_img, B_txt), logits_per_text (B_txt, B_img)) from raw head outputs
+    and the stored (log) logit scale."""
+    image = F.normalize(image_features, dim=-1)  # (B_img, D)
+    text = F.normalize(text_features, dim=-1)  # (B_txt, D)
+    logits_per_image = logit_scale.exp() * image @ text.T  # (B_img, B_txt)
+    return logits_per_image, logits_per_image.T
+
+
+def _logits_with(normalize=lambda x: F.normalize(x, dim=-1), scale=lambda s: s.exp(), transpose=True, swap=False):
+    def wrong(i, t, s):
+        logits = scale(s) * normalize(i) @ normalize(t).T
+        pair = (logits, logits.T if transpose else logits)
+        return pair[::-1] if swap else pair
+    return wrong
+
+
+def _logit_cases() -> list[Case]:
+    g = torch.Generator().manual_seed(40)
+    out = []
+    for b_img, b_txt, d, scale in [(3, 3, 4, 1 / 0.07), (4, 6, 5, 10.0), (5, 2, 3, 100.0)]:
+        image = 3 * torch.randn(b_img, d, generator=g, dtype=torch.float64)  # deliberately not unit length
+        text = 0.5 * torch.randn(b_txt, d, generator=g, dtype=torch.float64)
+        out.append(Case((image, text, torch.tensor(math.log(scale), dtype=torch.float64)), {},
+                        f"{b_img} images, {b_txt} texts, D={d}, logit_scale=ln({scale:.3g})"))
+    return out
+
+
+def check_clip_logits(clip_logits: Callable[..., Any], raise_on_fail: bool = True) -> CheckResult:
+    """Exercise 04.1: `clip_logits(image_features, text_features, logit_scale) -> (logits_per_image,
+    logits_per_text)` where the features are raw (not normalised) head outputs and `logit_scale`
+    is the model's stored parameter, log(1/τ)."""
+    diagnoses = [
+        Variant(_logits_with(normalize=lambda x: x), "the features were not L2-normalised: the logits must be scaled "
+                "cosine similarities", "normalise each row first: F.normalize(x, dim=-1)"),
+        Variant(_logits_with(normalize=lambda x: F.normalize(x, dim=0)), "normalised along the wrong dimension: "
+                "each embedding (a row) must have length 1, not each column", "use F.normalize(x, dim=-1)"),
+        Variant(_logits_with(scale=lambda s: s), "the stored logit_scale is a logarithm: you multiplied by log(1/τ) "
+                "instead of 1/τ", "multiply by logit_scale.exp()"),
+        Variant(_logits_with(scale=lambda s: 1 / s.exp()), "you divided by the logit scale: it is 1/τ, so it multiplies",
+                "logits = logit_scale.exp() * image @ text.T"),
+        Variant(_logits_with(scale=lambda s: 1.0), "the logit scale is missing: these are plain cosine similarities",
+                "multiply by logit_scale.exp()"),
+        Variant(_logits_with(transpose=False), "logits_per_text must be the transpose of logits_per_image "
+                "(one row per text), you returned the same matrix twice", "return logits_per_image, logits_per_image.T"),
+        Variant(_logits_with(swap=True), "the two matrices are swapped: logits_per_image has one row per image",
+                "return (logits_per_image, logits_per_text) in that order"),
+    ]
+    return run_check("clip_logits", clip_logits, reference_clip_logits, _logit_cases(), diagnoses,
+                     success="both logit matrices match on {n} cases, with more texts than images and vice versa",
+                     raise_on_fail=raise_on_fail)
+
+
+# ----------------------------------------------------------------------------- exercise 2: one training step
+
+def reference_training_step(model, batch, optimizer, scheduler, max_logit_scale: float = MAX_LOGIT_SCALE) -> float:
+    """The step of `mmcourse.train.fit`: forward, symmetric CLIP loss, zero_grad, backward,
+    AdamW step, schedule step, clamp of the stored logit scale. Returns the loss."""
+    out = model(image=batch["image"], input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    logits = out.logit_scale * out.image_embeds @ out.text_embeds.T  # (B, B)
+    labels = torch.arange(len(logits))
+    loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, max_logit_scale)
+    return loss.item()
+
+
+def _step_variant(one_direction=False, unnormalised=False, raw_scale=False, zero_grad=True, schedule=True,
+                  clamp=True, no_update=False):
+    def step(model, batch, optimizer, scheduler, max_logit_scale=MAX_LOGIT_SCALE):
+        if unnormalised:
+            image = model.encode_image(batch["image"])
+            text = model.encode_text(batch["input_ids"], batch["attention_mask"])
+        else:
+            out = model(image=batch["image"], input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            image, text = out.image_embeds, out.text_embeds
+        scale = model.logit_scale if raw_scale else model.logit_scale.exp()
+        logits = scale * image @ text.T
+        labels = torch.arange(len(logits))
+        loss = F.cross_entropy(logits, labels) if one_direction else \
+            (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+        if zero_grad:
+            optimizer.zero_grad()
+        loss.backward()
+        if no_update:
+            optimizer.zero_grad()  # e.g. zero_grad between backward and step
+        optimizer.step()
+        if schedule:
+            scheduler.step()
+        if clamp:
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, max_logit_scale)
+        return loss.item()
+    return step
+
+
+def simulate_steps(step_fn: Callable[..., Any], steps: int = 2, seed: int = 0) -> dict[str, Any]:
+    """Run `step_fn` `steps` times on a tiny CLIP with the course's optimizer and schedule.
+    Returns the losses, every parameter (flattened), the stored logit scale and the final
+    learning rate. Global random state is left untouched."""
+    from ..models import CLIP, CLIPConfig
+    from ..train import TrainConfig, make_optimizer, make_scheduler
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        config = CLIPConfig(image_width=16, text_width=16, embed_dim=8, cnn_channels=(4, 8), text_heads=2,
+                            text_layers=1, vocab_size=20, context_length=6)
+        model = CLIP(config).train()
+        with torch.no_grad():
+            model.logit_scale.fill_(5.0)  # above ln 100 = 4.61: a step without the clamp leaves it there
+        train_config = TrainConfig(lr=1e-2, warmup_steps=2)
+        optimizer = make_optimizer(model, train_config)
+        scheduler = make_scheduler(optimizer, warmup_steps=2, total_steps=4)  # lr: 0.5, 1, 1, 0.5 of the peak
+        losses = []
+        for k in range(steps):
+            g = torch.Generator().manual_seed(seed * 100 + k)
+            mask = (torch.arange(6) < torch.randint(2, 7, (8, 1), generator=g)).long()  # (8, 6) right-padded
+            batch = {"image": torch.randn(8, 1, 8, 8, generator=g),
+                     "input_ids": torch.randint(3, 20, (8, 6), generator=g) * mask, "attention_mask": mask}
+            loss = step_fn(model, batch, optimizer, scheduler)
+            losses.append(float(loss.item() if isinstance(loss, torch.Tensor) else loss))
+        params = torch.cat([p.detach().flatten() for p in model.parameters()])
+        return {"losses": torch.tensor(losses, dtype=torch.float64), "params": params.double(),
+                "logit_scale": model.logit_scale.detach().double(), "lr": optimizer.param_groups[0]["lr"]}
+
+
+def check_training_step(training_step: Callable[..., Any], raise_on_fail: bool = True) -> CheckResult:
+    """Exercise 04.2: `training_step(model, batch, optimizer, scheduler, max_logit_scale=ln 100) -> loss`.
+
+    The student's step runs twice on a tiny CLIP (logit scale starting above the clamp) and its
+    losses, parameters, logit scale and learning rate are compared with the reference step's."""
+    if not callable(training_step):
+        return run_check("training_step", training_step, reference_training_step, [], raise_on_fail=raise_on_fail)
+    student = lambda seed: simulate_steps(training_step, seed=seed)  # noqa: E731
+    reference = lambda seed: simulate_steps(reference_training_step, seed=seed)  # noqa: E731
+    sim = lambda **wrong: (lambda seed: simulate_steps(_step_variant(**wrong), seed=seed))  # noqa: E731
+    diagnoses = [
+        Variant(sim(no_update=True), "your step never changed the parameters: the order must be zero_grad → backward "
+                "→ step (a step before backward, or zero_grad between backward and step, leaves no gradient)",
+                "optimizer.zero_grad(); loss.backward(); optimizer.step()"),
+        Variant(sim(zero_grad=False), "gradients accumulate from one step to the next: optimizer.zero_grad() is missing",
+                "call optimizer.zero_grad() before loss.backward() in every step"),
+        Variant(sim(schedule=False), "the learning rate never changes: scheduler.step() is missing",
+                "call scheduler.step() after optimizer.step()"),
+        Variant(sim(clamp=False), "the logit scale is above ln 100 after your step: the clamp is missing (or it clamped "
+                "a copy, e.g. logit_scale.exp())", "with torch.no_grad(): model.logit_scale.clamp_(0, max_logit_scale)"),
+        Variant(sim(one_direction=True), "your loss is not symmetric: it is the image→text direction only",
+                "average the cross-entropies of logits (rows) and logits.T (columns)"),
+        Variant(sim(unnormalised=True), "the embeddings were not normalised: use the model's forward (its "
+                "image_embeds / text_embeds are unit length) or normalize=True",
+                "out = model(image=..., input_ids=..., attention_mask=...)"),
+        Variant(sim(raw_scale=True), "the stored logit_scale is a logarithm: you multiplied by log(1/τ)",
+                "multiply by model.logit_scale.exp() (or use out.logit_scale, already exponentiated)"),
+        Property(lambda fn: fn(0)["logit_scale"].item() > MAX_LOGIT_SCALE + 1e-6,
+                 "the logit scale is above ln 100 after your step: the clamp is missing or clamps the wrong thing",
+                 "with torch.no_grad(): model.logit_scale.clamp_(0, max_logit_scale)"),
+    ]
+    cases = [Case((0,), {}, "2 steps on a tiny CLIP"), Case((1,), {}, "2 steps, another seed")]
+    return run_check("training_step", student, reference, cases, diagnoses, rtol=1e-4, atol=1e-6, timeout=60,
+                     success="same losses, parameters, logit scale and learning rate as the reference after "
+                             "2 steps, on {n} runs", raise_on_fail=raise_on_fail)
+
+
+# ----------------------------------------------------------------------------- exercise 3: the loss floor
+
+def reference_loss_floor(labels: torch.Tensor) -> torch.Tensor:
+    """Mean over the pairs of a batch of ln n_{y_i}, n_c = number of items of class c in the batch."""
+    counts = torch.bincount(labels)  # (C,)
+    return counts[labels].double().log().mean()
+
+
+def check_loss_floor(loss_floor: Callable[..., Any], raise_on_fail: bool = True) -> CheckResult:
+    """Exercise 04.3: `loss_floor(labels) -> scalar`, the false-negative floor of the CLIP loss."""
+    def cases():
+        g = torch.Generator().manual_seed(43)
+        return [Case((torch.tensor([0, 0, 1, 1]),), {}, "labels [0, 0, 1, 1]"),
+                Case((torch.tensor([0, 0, 0, 1]),), {}, "labels [0, 0, 0, 1]"),
+                Case((torch.tensor([3, 3, 7, 3, 9, 9]),), {}, "labels [3, 3, 7, 3, 9, 9]"),
+                Case((torch.randint(0, 10, (256,), generator=g),), {}, "256 random digits")]
+
+    def per_class_mean(y):
+        counts = torch.bincount(y)
+        return counts[counts > 0].double().log().mean()
+
+    diagnoses = [
+        Variant(per_class_mean, "you averaged ln n_c over the classes; average over the pairs instead: a class with "
+                "more images has more rows in the loss", "counts[labels].log().mean()"),
+        Variant(lambda y: torch.tensor(math.log(len(y) / len(torch.unique(y))), dtype=torch.float64),
+                "you used the average class size ln(B / C); the floor averages ln n_{y_i} over the pairs",
+                "count each class with torch.bincount(labels), then look up counts[labels]"),
+        Variant(lambda y: torch.bincount(y)[y].double().log2().mean(), "that is in bits: the loss uses the natural log "
+                "(nats)", "use .log(), not .log2()"),
+        Variant(lambda y: (torch.bincount(y)[y].double() - 1).clamp(min=1).log().mean(),
+                "you counted only the other same-class captions: the true caption is one of the n_c equal choices",
+                "n_c includes the pair itself"),
+        Variant(lambda y: torch.tensor(math.log(len(y)), dtype=torch.float64), "ln B is the loss at chance level (all B "
+                "captions equally likely), not the floor", "only the n_{y_i} captions of the same class are tied"),
+    ]
+    return run_check("loss_floor", loss_floor, reference_loss_floor, cases(), diagnoses,
+                     success="matches the floor on {n} batches, including uneven classes",
+                     raise_on_fail=raise_on_fail)

@@ -15,7 +15,7 @@ lab: $(VENV)/.runtime  ## set up, then open the course in JupyterLab (http://127
 	scripts/lab.sh notebooks/00_welcome.ipynb
 
 test: $(VENV)/.dev  ## set up, then run the whole test suite (notebooks included)
-	$(BIN)/python -m pytest -n $(JOBS) --dist loadgroup
+	$(BIN)/python -m pytest -n $(JOBS)
 
 course: $(VENV)/.runtime  ## execute every lesson; executed copies and HTML go to build/course
 	$(BIN)/python -m mmcourse.notebooks build notebooks build/course

@@ -48,7 +48,10 @@ def get_device(prefer: str | None = None) -> torch.device:
     """
     choice = prefer or os.environ.get("MMCOURSE_DEVICE")
     if choice:
-        device = torch.device(choice)
+        try:
+            device = torch.device(choice)
+        except RuntimeError:
+            raise ValueError(f"unknown device {choice!r}: use 'cpu', 'cuda', 'cuda:N' or 'mps'") from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {choice!r} requested but CUDA is not available")
         if device.type == "mps" and not _mps_available():

@@ -86,3 +86,9 @@ def test_setup_notebook_seeds_styles_and_reports(capsys, monkeypatch):
     assert isinstance(device, torch.device)
     assert mpl.rcParams["figure.dpi"] == 80
     assert "device=" in capsys.readouterr().out
+
+
+def test_an_unknown_device_name_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("MMCOURSE_DEVICE", "bogus")
+    with pytest.raises(ValueError, match="unknown device 'bogus'"):
+        get_device()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -87,7 +88,9 @@ def execute_notebook(
     kernel_env = {**os.environ, **(env or {})}
     cell_seconds: list[float] = []
     start = time.perf_counter()
-    with client.setup_kernel(env=kernel_env, cwd=cwd):
+    # The kernel's own stderr only says that it listens on localhost TCP; errors reach us
+    # through the cells' outputs.
+    with client.setup_kernel(env=kernel_env, cwd=cwd, stderr=subprocess.DEVNULL):
         for index, cell in enumerate(nb.cells):
             t0 = time.perf_counter()
             try:

@@ -33,6 +33,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=None, help="default: digits_train_config().epochs")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--shared-projection", action="store_true", help="one projection head for both towers")
     args = parser.parse_args()
 
@@ -45,7 +46,7 @@ def main() -> None:
     if args.epochs:
         changes["epochs"] = args.epochs
     train_config = digits_train_config(**changes)
-    train_loader, _, _ = digits_dataloaders(tokenizer, batch_size=256, seed=args.seed)
+    train_loader, _, _ = digits_dataloaders(tokenizer, batch_size=args.batch_size, seed=args.seed)
     test = CaptionedDigits("test", seed=args.seed)  # held-out images, held-out templates
 
     def val_fn(model):
@@ -72,7 +73,7 @@ def main() -> None:
 
     print(f"bench_train: digits CLIP, {model.num_parameters():,} parameters "
           f"(shared_projection={config.shared_projection}), {len(train_set)} training images, "
-          f"batch 256, {train_config.epochs} epochs = {len(history.loss)} steps, lr {train_config.lr:g}")
+          f"batch {args.batch_size}, {train_config.epochs} epochs = {len(history.loss)} steps, lr {train_config.lr:g}")
     print(f"  torch threads {threads}, load average before {load_before:.1f}, after {os.getloadavg()[0]:.1f} "
           f"(on a shared machine the times are pessimistic)")
     print(f"  zero-shot top-1 on {len(test)} held-out test images, {len(meta.DIGIT_TEMPLATES_HELDOUT)} held-out templates:")

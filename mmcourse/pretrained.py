@@ -1,6 +1,6 @@
 """Train once, then cache: the CLIP models lessons 04-06 share, so notebooks stay fast.
 
-    model, tokenizer, history = load_digits_clip()      # trains ~15 s the first time, then loads
+    model, tokenizer, history = load_digits_clip()      # trains ~10 s the first time, then loads
     model, tokenizer, history = load_shapes_clip(holdout=("red circle",))
 
 A trained model is saved under a name that hashes everything that determines it (model config,
@@ -50,9 +50,13 @@ def digits_clip_config(tokenizer=None) -> CLIPConfig:
 
 
 def digits_train_config(**changes) -> TrainConfig:
-    """40 epochs of batch 256 (200 steps), peak learning rate 4e-3: about 90% zero-shot accuracy
-    after 2-3 s and about 98% at the end on a laptop CPU."""
-    return replace(TrainConfig(epochs=40, lr=4e-3, weight_decay=0.1, warmup_fraction=0.05), **changes)
+    """30 epochs (300 steps with batches of 128), peak learning rate 2e-3: about 90% zero-shot
+    accuracy after 1.5 s and about 98.5% at the end (10 s) on one laptop CPU core.
+
+    Batches of 256 with this short a warmup first collapse: both towers map everything to nearly
+    one direction and the loss sits at ln 256 for tens of steps. Twice as many, noisier steps of
+    128 (or a warmup of 25 steps) avoid that."""
+    return replace(TrainConfig(epochs=30, lr=2e-3, weight_decay=0.1, warmup_fraction=0.05), **changes)
 
 
 def shapes_clip_config(tokenizer=None) -> CLIPConfig:
@@ -163,7 +167,7 @@ def train_or_load(name: str, config: CLIPConfig, train_config: TrainConfig, make
 # ------------------------------------------------------------------------------ the models
 
 def load_digits_clip(config: CLIPConfig | None = None, train_config: TrainConfig | None = None,
-                     cache_dir: str | os.PathLike | None = None, force: bool = False, batch_size: int = 256,
+                     cache_dir: str | os.PathLike | None = None, force: bool = False, batch_size: int = 128,
                      seed: int = 0, callbacks: Sequence = ()) -> PretrainedCLIP:
     """A CLIP trained on captioned digits (training templates only), from the cache or trained now.
 

@@ -438,7 +438,12 @@ def fit(
 
     Returns:
         The `History`. On Ctrl-C, the history so far (with `stopped="interrupted"`), after
-        saving a checkpoint when `checkpoint_path` is given.
+        saving a checkpoint when `checkpoint_path` is given. The model is left in eval mode.
+
+    Raises:
+        ValueError: a loader without length or batches, a non-scalar loss, `resume` without a
+            checkpoint path, or a checkpoint written with a different `TrainConfig`.
+        FloatingPointError: the loss became NaN or infinite (training diverged).
     """
     config = config or TrainConfig()
     loss_fn = loss_fn or clip_loss_fn

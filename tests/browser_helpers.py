@@ -35,13 +35,10 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 
-# JupyterLab must never reach the network: no news feed, no update check, no PyPI extension
-# manager. These also belong in scripts/lab.sh for learners (see the report on issue 7).
-OFFLINE_LAB_ARGS = [
-    "--LabApp.news_url=None",
-    "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-    "--LabApp.extension_manager=readonly",
-]
+# JupyterLab must never reach the network: scripts/lab.sh passes the offline flags (no news
+# feed, no update check, no PyPI extension manager) for learners and tests alike; passing them
+# again is an error ("news_url only accepts one value").
+OFFLINE_LAB_ARGS: list[str] = []
 
 # User settings written into the server's private settings folder. `fetchNews`/`checkForUpdates`
 # repeat the offline flags on the front-end side (no "Would you like to receive news?" toast);

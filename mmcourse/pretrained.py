@@ -11,6 +11,7 @@ checkpoint and resumes from it on the next call.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -141,6 +142,31 @@ def train_or_load(name: str, config: CLIPConfig, train_config: TrainConfig, make
     """
     key = config_hash(name, config, _train_key(train_config), data_key)
     path = cache_dir(cache) / f"{name}_{key}.pt"
+    # Two notebooks (or test workers) asking for the same model at once: the second waits for
+    # the first to finish training, then loads its result instead of training again.
+    with _exclusive(path.with_name(path.name + ".lock")):
+        return _train_or_load_locked(path, config, train_config, make_loader, data_key, val_fn, force, callbacks)
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path):
+    """An inter-process lock on `lock_path` (a no-op where fcntl does not exist, e.g. Windows)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _train_or_load_locked(path: Path, config: CLIPConfig, train_config: TrainConfig, make_loader: Callable[[], Any],
+                          data_key: dict[str, Any], val_fn: Callable | None, force: bool, callbacks: Sequence) -> tuple[CLIP, History, Path]:
     partial = path.with_name(path.stem + ".partial.pt")
     if path.exists() and not force:
         from .utils import get_device

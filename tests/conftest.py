@@ -16,3 +16,9 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# ...and the pytest processes themselves: without this, torch in each worker starts one thread
+# per core and two workers fight over two cores (a 1 s test was seen taking 32 s).
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ["MMCOURSE_NUM_THREADS"]))

@@ -20,7 +20,7 @@ FAST = dict(epochs=2, progress=False, device="cpu")
 def test_train_then_load_from_cache(tmp_path, monkeypatch):
     model, tok, history = load_digits_clip(tiny_digits(), digits_train_config(**FAST), cache_dir=tmp_path)
     assert len(history.loss) == 2 * 10 and "zero_shot_top1" in history.val[-1]
-    files = sorted(p.name for p in tmp_path.iterdir())
+    files = sorted(p.name for p in tmp_path.iterdir() if p.suffix != ".lock")  # lock files stay, empty
     assert len(files) == 1 and files[0].startswith("digits_clip_") and files[0].endswith(".pt")  # no tmp/partial left
     assert not model.training
 
@@ -78,7 +78,33 @@ def test_shapes_model_with_holdout(tmp_path):
                                            holdout=("red circle",), n_train=256, cache_dir=tmp_path)
     assert len(history.loss) == 1 and 0.0 <= history.val[-1]["zero_shot_top1"] <= 1.0
     assert model.encode_image(torch.rand(2, 3, 32, 32)).shape == (2, 8)
-    names = [p.name for p in tmp_path.iterdir()]
+    names = list(tmp_path.glob("*.pt"))
     load_shapes_clip(cfg, pretrained.shapes_train_config(epochs=1, progress=False, device="cpu"),
                      holdout=("blue square",), n_train=256, cache_dir=tmp_path)
-    assert len(list(tmp_path.iterdir())) == len(names) + 1  # another holdout is another model
+    assert len(list(tmp_path.glob("*.pt"))) == len(names) + 1  # another holdout is another model
+
+
+def test_concurrent_requests_train_once(tmp_path):
+    """Two processes asking for the same uncached model: one trains, the other waits and loads."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import time
+        from mmcourse.pretrained import train_or_load, digits_clip_config, digits_train_config
+        from mmcourse.data import digits_dataloaders
+        from mmcourse.tokenizer import default_tokenizer
+        tok = default_tokenizer()
+        calls = []
+        def make_loader():
+            calls.append(1)
+            return digits_dataloaders(tok, batch_size=128)[0]
+        cfg = digits_train_config(epochs=1, progress=False)
+        train_or_load("race", digits_clip_config(tok), cfg, make_loader, {{"d": 1}}, cache={str(tmp_path)!r})
+        print("trained" if calls else "loaded")
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = sorted(p.communicate(timeout=300)[0].strip() for p in procs)
+    assert outputs == ["loaded", "trained"]
+    assert len(list(tmp_path.glob("race_*.pt"))) == 1

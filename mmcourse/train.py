@@ -276,10 +276,16 @@ class LivePlot(Callback):
         ax_loss.set(title="training loss", xlabel="epoch", ylabel="CLIP loss (nats)")
         ax_loss.set_xlim(0, state.config.epochs)
         names = self.metrics or sorted({k for row in h.val for k in row} - {"epoch", "step", "time"})
+        values = []
         for name in names:
             xs = [r["epoch"] for r in h.val if name in r]
+            values += [r[name] for r in h.val if name in r]
             ax_val.plot(xs, [r[name] for r in h.val if name in r], marker="o", ms=3, label=name)
-        ax_val.set(title="validation", xlabel="epoch", ylabel="metric value")
+        fractions = bool(values) and all(0.0 <= v <= 1.0 for v in values)  # accuracies, recalls: give the unit
+        ax_val.set(title="validation", xlabel="epoch",
+                   ylabel="metric value (fraction, 0 to 1)" if fractions else "metric value")
+        if fractions:
+            ax_val.set_ylim(0, 1.02)
         ax_val.set_xlim(0, state.config.epochs)
         if names:
             ax_val.legend(fontsize=8)

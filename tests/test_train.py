@@ -333,6 +333,10 @@ def test_callbacks_and_liveplot_run():
     assert events == ["begin", "epoch1", "epoch2", "epoch3", "end"]
     fig = plot._draw(type("S", (), {"history": h, "config": TrainConfig(**CFG)})())
     assert fig.axes[0].get_title() == "training loss" and len(fig.axes[1].lines) == 1
+    assert fig.axes[1].get_ylabel() == "metric value (fraction, 0 to 1)" and fig.axes[1].get_ylim() == (0, 1.02)
+    h.val = [{"epoch": 1.0, "mean_rank": 3.5}]  # not a fraction: no unit claimed, no 0-1 limits
+    fig = plot._draw(type("S", (), {"history": h, "config": TrainConfig(**CFG)})())
+    assert fig.axes[1].get_ylabel() == "metric value" and fig.axes[1].get_ylim()[1] > 3
 
 
 def test_history_round_trip():

@@ -12,6 +12,8 @@ os.environ.setdefault("MMCOURSE_NUM_THREADS", "1")
 # Lessons 04-06 train a model once and cache it; keep that cache inside build/ so a test run
 # never reads a stale model from a learner's home directory.
 os.environ.setdefault("MMCOURSE_CACHE", str(ROOT / "build" / "cache"))
+# OpenMP threads that spin while waiting cost up to 10x when processes share the cores.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -243,7 +243,7 @@ def load_shapes_clip(config: CLIPConfig | None = None, train_config: TrainConfig
         `PretrainedCLIP(model, tokenizer, history)`; `history.val` holds zero-shot colour x shape
         accuracy on the validation scenes (which exclude the held-out combinations).
     """
-    from .data import Shapes, shapes_dataloaders
+    from .data import Shapes
 
     tokenizer = _default_tokenizer()
     config = config or shapes_clip_config(tokenizer)

@@ -37,8 +37,7 @@ CHROMIUM_ARGS = [
 
 # JupyterLab must never reach the network: scripts/lab.sh passes the offline flags (no news
 # feed, no update check, no PyPI extension manager) for learners and tests alike; passing them
-# again is an error ("news_url only accepts one value").
-OFFLINE_LAB_ARGS: list[str] = []
+# again here is an error ("news_url only accepts one value").
 
 # User settings written into the server's private settings folder. `fetchNews`/`checkForUpdates`
 # repeat the offline flags on the front-end side (no "Would you like to receive news?" toast);
@@ -137,7 +136,6 @@ class LabServer:
             "--LabApp.expose_app_in_browser=True",  # window.jupyterapp, to run commands
             # checkpoints (written on open) go to the temporary folder, not next to the notebooks
             f"--FileCheckpoints.checkpoint_dir={self.workdir / 'checkpoints'}",
-            *OFFLINE_LAB_ARGS,
         ]
         self.log_file = open(self.log_path, "wb")
         self.proc = subprocess.Popen(

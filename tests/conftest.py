@@ -24,3 +24,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 torch.set_num_threads(int(os.environ["MMCOURSE_NUM_THREADS"]))
+
+
+def fails_with(check, fn, *fragments):
+    """Run an exercise check on a wrong answer; assert it fails and its message contains every
+    fragment (the named mistake). Returns the message."""
+    import pytest
+    from mmcourse.checks import CheckFailed
+
+    with pytest.raises(CheckFailed) as info:
+        check(fn)
+    message = str(info.value)
+    for fragment in fragments:
+        assert fragment in message, message
+    return message

@@ -5,18 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmcourse.checks import CheckFailed
+from conftest import fails_with
 from mmcourse.checks.clip import (check_clip_logits, check_loss_floor, check_training_step, reference_clip_logits,
                                   reference_loss_floor, reference_training_step, simulate_steps)
-
-
-def fails_with(check, fn, *fragments):
-    with pytest.raises(CheckFailed) as info:
-        check(fn)
-    message = str(info.value)
-    for fragment in fragments:
-        assert fragment in message, message
-    return message
 
 
 # -- exercise 1: logits --------------------------------------------------------------------------

@@ -8,18 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import fails_with
 from mmcourse.checks import CheckFailed
 from mmcourse.checks.infonce import (check_clip_loss, check_gradient_weights, check_info_nce, check_info_nce_grad,
                                      check_info_nce_naive, check_temperature_predictions)
-
-
-def fails_with(check, fn, *fragments):
-    with pytest.raises(CheckFailed) as err:
-        check(fn)
-    text = str(err.value)
-    for f in fragments:
-        assert f in text, text
-    return text
 
 
 # ----------------------------------------------------------------------------- students' info_nce

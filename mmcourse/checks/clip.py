@@ -82,18 +82,17 @@ def check_clip_logits(clip_logits: Callable[..., Any], raise_on_fail: bool = Tru
 # ----------------------------------------------------------------------------- exercise 2: one training step
 
 def reference_training_step(model, batch, optimizer, scheduler, max_logit_scale: float = MAX_LOGIT_SCALE) -> float:
-    """The step of `mmcourse.train.fit`: forward, symmetric CLIP loss, zero_grad, backward,
-    AdamW step, schedule step, clamp of the stored logit scale. Returns the loss."""
-    out = model(image=batch["image"], input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    logits = out.logit_scale * out.image_embeds @ out.text_embeds.T  # (B, B)
-    labels = torch.arange(len(logits))
-    loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    """The step of `mmcourse.train.fit`, built from the same library pieces: forward and
+    symmetric CLIP loss (`clip_loss_fn`), zero_grad, backward, AdamW step, schedule step, clamp of
+    the stored logit scale (`clamp_logit_scale`). Returns the loss."""
+    from ..train import clamp_logit_scale, clip_loss_fn
+
+    loss = clip_loss_fn(model, batch)
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
     scheduler.step()
-    with torch.no_grad():
-        model.logit_scale.clamp_(0, max_logit_scale)
+    clamp_logit_scale(model, max_logit_scale)
     return loss.item()
 
 

@@ -27,6 +27,16 @@ import torch.nn.functional as F
 # 1. Transformer parts (pre-LayerNorm, as in CLIP and GPT-2)
 
 
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, mask: torch.Tensor | None,
+            dropout_p: float) -> torch.Tensor:
+    """Scaled dot-product attention over `heads` heads: q (B, Lq, E), k and v (B, Lk, E) -> (B, Lq, E).
+    `mask` is bool, True = may attend, broadcastable to (B, h, Lq, Lk)."""
+    B, Lq, E = q.shape
+    q, k, v = (t.view(B, t.shape[1], heads, E // heads).transpose(1, 2) for t in (q, k, v))  # (B, h, L, E/h)
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)  # (B, h, Lq, E/h)
+    return y.transpose(1, 2).reshape(B, Lq, E)  # (B, Lq, E)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention. `mask` says which keys each query may look at."""
 
@@ -38,13 +48,32 @@ class Attention(nn.Module):
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        B, L, E = x.shape
-        q, k, v = self.qkv(x).split(E, dim=2)  # 3 x (B, L, E)
-        q, k, v = (t.view(B, L, self.heads, E // self.heads).transpose(1, 2) for t in (q, k, v))  # (B, h, L, E/h)
+        q, k, v = self.qkv(x).split(x.shape[-1], dim=2)  # 3 x (B, L, E)
         # mask: (B, 1, L, L) bool, True = may attend; broadcast over heads
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                           dropout_p=self.dropout if self.training else 0.0)
-        y = y.transpose(1, 2).reshape(B, L, E)  # (B, L, E)
+        y = _attend(q, k, v, self.heads, mask, self.dropout if self.training else 0.0)  # (B, L, E)
+        return self.proj(y)
+
+
+class CrossAttention(nn.Module):
+    """Multi-head cross-attention: queries from `x` (e.g. text tokens), keys and values from
+    `context` (e.g. image patches), as in ALBEF's multimodal encoder and a Transformer decoder.
+    `context_mask` says which context tokens may be looked at (padding never)."""
+
+    def __init__(self, width: int, heads: int, context_width: int | None = None, dropout: float = 0.0):
+        super().__init__()
+        self.heads = heads
+        self.q = nn.Linear(width, width)
+        self.kv = nn.Linear(context_width or width, 2 * width)
+        self.proj = nn.Linear(width, width)
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor,
+                context_mask: torch.Tensor | None = None) -> torch.Tensor:
+        k, v = self.kv(context).split(x.shape[-1], dim=2)  # 2 x (B, Lk, E)
+        mask = None
+        if context_mask is not None:  # (B, Lk), 1 = real token -> (B, 1, 1, Lk)
+            mask = context_mask.bool()[:, None, None, :]
+        y = _attend(self.q(x), k, v, self.heads, mask, self.dropout if self.training else 0.0)  # (B, Lq, E)
         return self.proj(y)
 
 
@@ -60,18 +89,48 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """x + attn(ln(x)), then x + mlp(ln(x)). Parameter names (`ln_1`, `ln_2`) follow open_clip."""
+    """x + attn(ln(x)), [x + cross_attn(ln(x), context)], then x + mlp(ln(x)).
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0):
+    Parameter names (`ln_1`, `ln_2`) follow open_clip. With `cross_attention=True` the block
+    also reads a `context` sequence (BERT/ALBEF's cross-attention layer, a Transformer decoder's
+    encoder-decoder attention); `context_width` is the context's width when it differs.
+    """
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0,
+                 cross_attention: bool = False, context_width: int | None = None):
         super().__init__()
         self.ln_1 = nn.LayerNorm(width)
         self.attn = Attention(width, heads, dropout)
+        if cross_attention:
+            self.ln_cross = nn.LayerNorm(width)
+            self.cross_attn = CrossAttention(width, heads, context_width, dropout)
+        else:
+            self.cross_attn = None
         self.ln_2 = nn.LayerNorm(width)
         self.mlp = MLP(width, mlp_ratio, dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, context: torch.Tensor | None = None,
+                context_mask: torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), mask)  # (B, L, E)
+        if self.cross_attn is not None:
+            if context is None:
+                raise ValueError("this Block has cross-attention: pass context=(B, Lk, E_ctx) tokens")
+            x = x + self.cross_attn(self.ln_cross(x), context, context_mask)  # (B, L, E)
+        elif context is not None:
+            raise ValueError("context given to a Block built without cross_attention=True")
         return x + self.mlp(self.ln_2(x))  # (B, L, E)
+
+
+def text_attention_mask(attention_mask: torch.Tensor, causal: bool) -> torch.Tensor:
+    """Self-attention mask for right-padded text: (B, L) 0/1 -> (B, 1, L, L) bool, True = may attend.
+
+    Padding is never a key; with `causal=True` position t also never sees t+1, t+2, ...
+    """
+    B, L = attention_mask.shape
+    keys = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, L)
+    if causal:
+        keys = keys & torch.ones(L, L, dtype=torch.bool, device=attention_mask.device).tril()  # (B, 1, L, L)
+    return keys.expand(B, 1, L, L)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -96,6 +155,11 @@ class SmallCNN(nn.Module):
         self.convs = nn.Sequential(*layers)
         self.fc = nn.Linear(channels[-1] * side * side, width)
 
+    def forward_tokens(self, image: torch.Tensor) -> torch.Tensor:
+        """The last feature map as a sequence of spatial tokens: (B, H'*W', C_last), row-major
+        (what a cross-attention layer reads as "image tokens")."""
+        return self.convs(image).flatten(2).transpose(1, 2)  # (B, H'*W', C_last)
+
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         x = self.convs(image)  # (B, C_last, H', W')
         return F.relu(self.fc(x.flatten(1)))  # (B, E)
@@ -118,7 +182,8 @@ class TinyViT(nn.Module):
         self.blocks = nn.ModuleList([Block(width, heads, mlp_ratio, dropout) for _ in range(layers)])
         self.ln_post = nn.LayerNorm(width)
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
+    def forward_tokens(self, image: torch.Tensor) -> torch.Tensor:
+        """Every token's final hidden state: (B, C, H, W) -> (B, [1 +] N, E) (CLS first if any)."""
         x = self.patch_embed(image).flatten(2).transpose(1, 2)  # (B, N, E)
         if self.class_embedding is not None:
             cls = self.class_embedding.expand(x.shape[0], 1, -1)  # (B, 1, E)
@@ -126,7 +191,10 @@ class TinyViT(nn.Module):
         x = self.ln_pre(x + self.positional_embedding)
         for block in self.blocks:
             x = block(x)  # every patch sees every patch: no mask
-        x = self.ln_post(x)
+        return self.ln_post(x)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = self.forward_tokens(image)
         return x[:, 0] if self.pool == "cls" else x.mean(dim=1)  # (B, E)
 
 
@@ -165,16 +233,18 @@ class TextTransformer(nn.Module):
         self.blocks = nn.ModuleList([Block(width, heads, mlp_ratio, dropout) for _ in range(layers)])
         self.ln_final = nn.LayerNorm(width)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        B, L = input_ids.shape
+    def forward_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Every token's final hidden state (B, L, E), before pooling (what an MLM head reads)."""
+        L = input_ids.shape[1]
         x = self.token_embedding(input_ids) + self.positional_embedding[:L]  # (B, L, E)
-        keys = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, L): padding is never a key
-        if self.causal:
-            keys = keys & torch.ones(L, L, dtype=torch.bool, device=x.device).tril()  # (B, 1, L, L)
-        mask = keys.expand(B, 1, L, L)
+        mask = text_attention_mask(attention_mask, self.causal)  # (B, 1, L, L)
         for block in self.blocks:
             x = block(x, mask)
-        x = self.ln_final(x)  # (B, L, E)
+        return self.ln_final(x)  # (B, L, E)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        B = input_ids.shape[0]
+        x = self.forward_tokens(input_ids, attention_mask)  # (B, L, E)
         if self.pool == "eot":
             return x[torch.arange(B, device=x.device), eot_positions(attention_mask)]  # (B, E)
         m = attention_mask.to(x.dtype).unsqueeze(-1)  # (B, L, 1)

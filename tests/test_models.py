@@ -250,3 +250,82 @@ def test_cnn_stem_stride_on_32px_rgb():
     x = model.visual.convs(torch.zeros(2, 3, 32, 32))
     assert x.shape == (2, 16, 4, 4)
     assert model.encode_image(batch(channels=3, size=32)[0]).shape == (5, 16)
+
+
+# -- shared Transformer pieces used by lessons 07-09 (cross-attention, causal masks, token outputs)
+
+from mmcourse.models import Block, CrossAttention, SmallCNN, text_attention_mask  # noqa: E402
+
+
+def test_causal_text_mask_never_lets_t_see_later_positions():
+    mask = text_attention_mask(torch.tensor([[1, 1, 1, 0]]), causal=True)[0, 0]  # (L, L)
+    expected = torch.tensor([[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 0]], dtype=torch.bool)
+    assert torch.equal(mask, expected)
+    full = text_attention_mask(torch.tensor([[1, 1, 0]]), causal=False)[0, 0]
+    assert torch.equal(full, torch.tensor([[1, 1, 0]] * 3, dtype=torch.bool))
+
+
+def test_causal_block_output_at_t_ignores_later_tokens():
+    torch.manual_seed(0)
+    block = Block(16, 4).eval()
+    x = torch.randn(1, 5, 16)
+    mask = text_attention_mask(torch.ones(1, 5), causal=True)
+    y = block(x, mask)
+    x2 = x.clone()
+    x2[:, 3:] = torch.randn(1, 2, 16)  # change the future
+    y2 = block(x2, mask)
+    torch.testing.assert_close(y[:, :3], y2[:, :3])
+    assert not torch.allclose(y[:, 3:], y2[:, 3:])
+
+
+def test_cross_attention_never_attends_to_padded_context():
+    torch.manual_seed(0)
+    attn = CrossAttention(16, 4, context_width=8).eval()
+    x, ctx = torch.randn(2, 3, 16), torch.randn(2, 6, 8)
+    ctx_mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])
+    y = attn(x, ctx, ctx_mask)
+    ctx2 = ctx.clone()
+    ctx2[0, 4:] = 1e3 * torch.randn(2, 8)  # garbage in the padding of sample 0
+    torch.testing.assert_close(attn(x, ctx2, ctx_mask), y)
+    # equals attention over the unpadded context alone
+    torch.testing.assert_close(attn(x[:1], ctx[:1, :4]), y[:1])
+
+
+def test_cross_attention_equals_a_naive_softmax_loop():
+    torch.manual_seed(1)
+    attn = CrossAttention(8, 2, context_width=4).double().eval()
+    x, ctx = torch.randn(1, 3, 8, dtype=torch.float64), torch.randn(1, 5, 4, dtype=torch.float64)
+    q = attn.q(x)[0]  # (3, 8)
+    k, v = attn.kv(ctx)[0].split(8, dim=1)  # (5, 8) each
+    heads = []
+    for h in range(2):
+        sl = slice(4 * h, 4 * h + 4)
+        w = torch.softmax(q[:, sl] @ k[:, sl].T / math.sqrt(4), dim=1)  # (3, 5)
+        heads.append(w @ v[:, sl])
+    expected = attn.proj(torch.cat(heads, dim=1))[None]
+    torch.testing.assert_close(attn(x, ctx), expected)
+
+
+def test_block_cross_attention_needs_context_and_plain_block_refuses_it():
+    b = Block(16, 4, cross_attention=True, context_width=8)
+    with pytest.raises(ValueError, match="pass context"):
+        b(torch.randn(1, 2, 16))
+    with pytest.raises(ValueError, match="without cross_attention"):
+        Block(16, 4)(torch.randn(1, 2, 16), context=torch.randn(1, 3, 16))
+    assert b(torch.randn(1, 2, 16), context=torch.randn(1, 3, 8)).shape == (1, 2, 16)
+
+
+def test_token_outputs_match_pooled_outputs():
+    torch.manual_seed(0)
+    vit = TinyViT(1, 8, 2, 16, 1, 4).eval()
+    img = torch.randn(2, 1, 8, 8)
+    tokens = vit.forward_tokens(img)
+    assert tokens.shape == (2, 17, 16)
+    torch.testing.assert_close(tokens[:, 0], vit(img))
+    text = TextTransformer(20, 7, 16, 1, 4).eval()
+    ids, mask = torch.randint(1, 20, (2, 7)), torch.tensor([[1] * 7, [1] * 4 + [0] * 3])
+    h = text.forward_tokens(ids, mask)
+    assert h.shape == (2, 7, 16)
+    torch.testing.assert_close(h[torch.arange(2), eot_positions(mask)], text(ids, mask))
+    cnn = SmallCNN(1, 8, (4, 6), 16)
+    assert cnn.forward_tokens(img).shape == (2, 16, 6)  # 8x8 -> 4x4 map of 6 channels

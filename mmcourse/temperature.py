@@ -12,6 +12,11 @@ So a negative j is pushed away with weight p_j / τ: at small τ the softmax is 
 of the push goes to the hardest negatives (the most similar ones); at large τ it is spread
 evenly over all negatives and the loss tends to log K.
 
+Every number is computed in float64 from the logits s / τ with log-sum-exp (softmax, loss) or as
+a softmax over the negatives alone (their shares of the push), so all of them stay finite over
+the explorer's whole range, τ from 0.001 to 10 with similarities in [-1, 1], even where every
+p_j of a negative underflows to 0.
+
 Sections: pure functions · explorer widget · toy experiment.
 """
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .norms import l2_normalize
 from .plots import plot_softmax_bars
 
 DEFAULT_SIMILARITIES = (0.8, 0.7, 0.55, 0.3, 0.1, -0.1, -0.4)  # pos, 2 hard negatives, easy ones
@@ -73,6 +79,19 @@ def similarity_gradient(similarities, temperature: float, positive: int = 0) -> 
     return (p - onehot) / t
 
 
+def negative_shares(similarities, temperature: float, positive: int = 0) -> torch.Tensor:
+    """Each negative's share of the push, p_j / Σ_{k≠pos} p_k, shape (K,), 0 on the positive.
+
+    The p_j cancel their common denominator, so the shares are a softmax of s_j / τ over the
+    negatives alone: finite and summing to 1 even when every p_j underflows to 0 (at τ = 0.001,
+    `[0.9, -0.9, -0.8]` gives `[0, 3.7e-44, 1]`, where p_j / Σ p_k would be 0 / 0).
+    """
+    s, t = _row(similarities, positive), _tau(temperature)
+    logits = s / t  # (K,) float64
+    logits[positive] = -math.inf  # the positive takes no share
+    return torch.softmax(logits, dim=0)  # subtracts the largest negative logit first: no overflow
+
+
 def negative_weights(similarities, temperature: float, positive: int = 0) -> torch.Tensor:
     """The gradient weight p_j / τ on each negative j (the positive's entry is 0). Shape (K,)."""
     w = similarity_gradient(similarities, temperature, positive).clone()
@@ -98,15 +117,17 @@ class TemperatureView:
 
 
 def explore(similarities=DEFAULT_SIMILARITIES, temperature: float = 0.07, positive: int = 0) -> TemperatureView:
-    """Compute the softmax, loss, gradient and share of the push on each negative at τ."""
+    """Compute the softmax, loss, gradient and share of the push on each negative at τ.
+
+    Every field is finite for any τ > 0 and finite similarities (float64 throughout; see
+    `negative_shares` for the shares at tiny τ).
+    """
     s = _row(similarities, positive)
-    p = softmax_distribution(s, temperature)
-    neg = p.clone()
-    neg[positive] = 0.0
     return TemperatureView(
-        temperature=_tau(temperature), similarities=s, positive=positive, probs=p,
-        loss=row_loss(s, temperature, positive), gradient=similarity_gradient(s, temperature, positive),
-        negative_share=neg / neg.sum(),
+        temperature=_tau(temperature), similarities=s, positive=positive,
+        probs=softmax_distribution(s, temperature), loss=row_loss(s, temperature, positive),
+        gradient=similarity_gradient(s, temperature, positive),
+        negative_share=negative_shares(s, temperature, positive),
     )
 
 
@@ -314,11 +335,11 @@ class ToyCLIP(torch.nn.Module):
 
     def encode_image(self, image: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         z = self.image_encoder(image)  # (B, embed_dim)
-        return torch.nn.functional.normalize(z, dim=-1) if normalize else z
+        return l2_normalize(z) if normalize else z
 
     def encode_text(self, text: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         z = self.text_encoder(text)  # (B, embed_dim)
-        return torch.nn.functional.normalize(z, dim=-1) if normalize else z
+        return l2_normalize(z) if normalize else z
 
     def forward(self, image: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"image_embeds": self.encode_image(image), "text_embeds": self.encode_text(text),

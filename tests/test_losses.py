@@ -144,8 +144,10 @@ def test_gradcheck_info_nce_and_clip_and_siglip():
     assert torch.autograd.gradcheck(lambda x, y: info_nce(x, y, 0.3), (a, b))
     scale = torch.tensor(4.0, dtype=f64, requires_grad=True)
     bias = torch.tensor(-1.0, dtype=f64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x, y, s: clip_loss(x, y, s), (a, b, scale))
-    assert torch.autograd.gradcheck(lambda x, y, s, c: siglip_loss(x, y, s, c), (a, b, scale, bias))
+    # clip_loss and siglip_loss take unit rows: evaluate at normalised points (gradcheck moves them by 1e-6)
+    an, bn = (F.normalize(x.detach(), dim=-1).requires_grad_(True) for x in (a, b))
+    assert torch.autograd.gradcheck(lambda x, y, s: clip_loss(x, y, s), (an, bn, scale))
+    assert torch.autograd.gradcheck(lambda x, y, s, c: siglip_loss(x, y, s, c), (an, bn, scale, bias))
     tau = torch.tensor(0.2, dtype=f64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: info_nce(a.detach(), b.detach(), t), (tau,))
 

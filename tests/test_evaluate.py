@@ -381,3 +381,69 @@ def test_image_classifier_random_head_and_errors():
         ev.ImageClassifier(_tiny_clip())
     with pytest.raises(ValueError, match="no batches"):
         ev.classifier_accuracy(model, [])
+
+
+# --------------------------------------------------- raw (not unit) and low-precision embeddings
+def test_retrieval_with_raw_embeddings_ranks_by_cosine():
+    # Two pairs; image 0 is raw encoder output of norm 20, image 1 of norm 1. By cosine each
+    # caption's own image is first; by raw dot product image 0's length wins caption 1 (R@1 0.5).
+    img = torch.tensor([[0.8, 0.6], [0.6, 0.8]]) * torch.tensor([[20.0], [1.0]])
+    txt = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    assert (img @ txt.T).argmax(dim=0).tolist() == [0, 0]  # the silent wrong answer of raw dot products
+    m = ev.retrieval_metrics(img, txt)
+    assert m["text_to_image_R@1"] == 1.0 and m["image_to_text_R@1"] == 1.0
+    assert m["text_to_image_mean_rank"] == 1.0
+    _assert_same_metrics(m, get_clip_metrics(F.normalize(img, dim=-1), txt, torch.tensor(1.0)))
+    i2t, t2i = ev.retrieval_ranks(img, txt * 7)
+    assert i2t.tolist() == [0, 0] and t2i.tolist() == [0, 0]
+
+
+def test_retrieval_raw_equals_normalised_on_random_inputs():
+    img, txt = _random_pairs(50, seed=7)
+    g = torch.Generator().manual_seed(1)
+    scale_i, scale_t = torch.rand(50, 1, generator=g) * 30 + 0.01, torch.rand(50, 1, generator=g) * 30 + 0.01
+    ranks = ev.retrieval_ranks(img * scale_i, txt * scale_t)
+    ref = ev.retrieval_ranks(img, txt)
+    assert torch.equal(ranks[0], ref[0]) and torch.equal(ranks[1], ref[1])
+    assert not torch.equal(ev.retrieval_ranks(img, txt)[1],
+                           torch.argsort(torch.argsort((img * scale_i @ txt.T).T, dim=1, descending=True), dim=1)
+                           .diagonal())  # raw dot products would rank differently
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_retrieval_and_zero_shot_low_precision_with_a_zero_row(dtype):
+    img, txt = _random_pairs(40, seed=8)
+    img, txt = img * 3, txt.clone()
+    img[4] = 0  # a dead image tower: cosine 0 with every caption, never NaN
+    low_img, low_txt = img.to(dtype), txt.to(dtype)
+    ranks = ev.retrieval_ranks(low_img, low_txt)
+    ref = ev.retrieval_ranks(low_img.float(), low_txt.float())  # same rounded values, float32 arithmetic
+    assert torch.equal(ranks[0], ref[0]) and torch.equal(ranks[1], ref[1])
+    m = ev.retrieval_metrics(low_img, low_txt)
+    assert all(np.isfinite(v) for v in m.values())
+    w = F.normalize(torch.randn(8, 5, generator=torch.Generator().manual_seed(0)), dim=0)
+    logits = ev.zero_shot_logits(low_img, w.to(dtype))
+    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+    assert (logits[4] == 0).all()
+    torch.testing.assert_close(logits, ev.zero_shot_logits(low_img.float(), w.to(dtype).float()))
+
+
+def test_zero_shot_logits_normalise_the_classifier_columns_too():
+    g = torch.Generator().manual_seed(2)
+    img, w = torch.randn(6, 4, generator=g), F.normalize(torch.randn(4, 3, generator=g), dim=0)
+    raw = w * torch.tensor([[0.5, 3.0, 40.0]])  # class embeddings of different lengths
+    torch.testing.assert_close(ev.zero_shot_logits(img * 9, raw), ev.zero_shot_logits(img, w))
+    assert ev.zero_shot_logits(img, raw).abs().max() <= 100 + 1e-4  # cosine scale: at most logit_scale
+
+
+def test_linear_probe_raw_scale_does_not_matter():
+    g = torch.Generator().manual_seed(3)
+    centres = torch.randn(3, 8, generator=g)
+    y = torch.randint(0, 3, (90,), generator=g)
+    x = centres[y] + torch.randn(90, 8, generator=g)
+    scaled = x * (torch.rand(90, 1, generator=g) * 50 + 0.1)
+    a, b = ev.linear_probe(x[:60], y[:60], x[60:], y[60:]), ev.linear_probe(scaled[:60], y[:60], scaled[60:], y[60:])
+    assert a.accuracy == b.accuracy
+    np.testing.assert_allclose(a.classifier.coef_, b.classifier.coef_, rtol=1e-4, atol=1e-6)
+    half = ev.linear_probe(x[:60].half(), y[:60], x[60:].half(), y[60:])
+    assert 0 < half.accuracy <= 1

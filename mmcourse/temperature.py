@@ -64,19 +64,32 @@ def softmax_distribution(similarities, temperature: float) -> torch.Tensor:
 
 
 def row_loss(similarities, temperature: float, positive: int = 0) -> float:
-    """L = -log p_pos = logsumexp(s / τ) - s_pos / τ (stable at any τ)."""
+    """L = -log p_pos = logsumexp(s / τ) - s_pos / τ = log(1 + Σ_{j≠pos} exp((s_j - s_pos) / τ)).
+
+    Computed from the margins d_j = (s_j - s_pos) / τ, with `log1p` when the positive is the
+    most similar, so the loss is right to float64's relative precision at any τ (not rounded to
+    0 when it is 1e-20) and never overflows.
+    """
     s, t = _row(similarities, positive), _tau(temperature)
-    return float(torch.logsumexp(s / t, dim=0) - s[positive] / t)
+    d = torch.cat([s[:positive], s[positive + 1:]]).sub(s[positive]).div(t)  # (K-1,) margins of the negatives
+    m = float(d.max())
+    if m <= 0:  # the positive wins: L = log1p(Σ e^{d_j}), each e^{d_j} <= 1
+        return float(torch.log1p(torch.exp(d).sum()))
+    return m + float(torch.log(math.exp(-m) + torch.exp(d - m).sum()))  # a negative wins: L >= m > 0
 
 
 def similarity_gradient(similarities, temperature: float, positive: int = 0) -> torch.Tensor:
     """∂L/∂s_j = (p_j - [j = pos]) / τ, shape (K,): negative on the positive (gradient descent
-    pulls it closer), positive on each negative (pushed away with weight p_j / τ)."""
+    pulls it closer), positive on each negative (pushed away with weight p_j / τ).
+
+    The positive's entry p_pos - 1 is computed as -Σ_{j≠pos} p_j, which it equals: when p_pos
+    rounds to 1 at small τ, the difference would lose every digit.
+    """
     s, t = _row(similarities, positive), _tau(temperature)
-    p = torch.softmax(s / t, dim=0)
-    onehot = torch.zeros_like(p)
-    onehot[positive] = 1.0
-    return (p - onehot) / t
+    p = torch.softmax(s / t, dim=0)  # (K,)
+    grad = p / t
+    grad[positive] = -torch.cat([p[:positive], p[positive + 1:]]).sum() / t  # the pull = the total push
+    return grad
 
 
 def negative_shares(similarities, temperature: float, positive: int = 0) -> torch.Tensor:
@@ -156,11 +169,13 @@ def draw_view(view: TemperatureView, axes, curve=None) -> dict[str, list]:
     plot_softmax_bars(weights, labels, view.positive, ax=ax_g, ylim=None,
                       title="gradient weight |∂L/∂s_j|", ylabel="|∂L/∂s_j| (per unit of similarity)",
                       xlabel="candidate (green: pulled, grey: pushed)")
-    ax_g.set_yscale("log")  # the weights span many orders of magnitude at small τ
     for ax in (ax_p, ax_g):
         ax.tick_params(axis="x", labelsize=8)
+    # limits first, then the log scale: at τ = 0.001 every weight can underflow to 0, and
+    # autoscaling a log axis over no positive value only warns
     ax_g.set_ylim(max(1e-6, float(weights[weights > 0].min()) / 2) if (weights > 0).any() else 1e-6,
                   max(1.0, float(weights.max()) * 2))
+    ax_g.set_yscale("log")  # the weights span many orders of magnitude at small τ
     taus, losses = curve if curve is not None else loss_curve(view.similarities, positive=view.positive)
     ax_l.plot(taus, losses, color="tab:blue", label="L(τ) for this row")
     ax_l.axhline(math.log(len(view.similarities)), color="tab:gray", ls="--", label=f"log K = {math.log(len(view.similarities)):.2f}")

@@ -6,6 +6,7 @@ uses. Each name lives in one module:
 
 - `utils`: seed_everything, get_device, set_threads, setup_notebook
 - `losses`: info_nce, clip_loss, siglip_loss, alignment, uniformity, ClipLoss, SigLipLoss
+- `norms`: l2_normalize, l2_norm, unit_vectors (norms in float32: finite in float16/bfloat16)
 - `temperature`: temperature_explorer, run_temperature_experiment
 - `data`, `tokenizer`, `zero_shot_metadata`: offline datasets, the tokenizer, class names and templates
 - `models`: CLIPConfig, CLIP and its encoders
@@ -23,6 +24,7 @@ __version__ = "0.1.0"
 _API = {
     "utils": ["seed_everything", "get_device", "set_threads", "setup_notebook"],
     "losses": ["info_nce", "clip_loss", "siglip_loss", "alignment", "uniformity", "ClipLoss", "SigLipLoss"],
+    "norms": ["l2_normalize", "l2_norm", "unit_vectors"],
     "temperature": ["temperature_explorer", "run_temperature_experiment", "ToyConfig"],
     "plots": ["plot_similarity_matrix", "plot_softmax_bars", "show_image_grid", "plot_history",
               "plot_embeddings_2d", "plot_modality_gap", "plot_occlusion_maps"],

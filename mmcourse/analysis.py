@@ -8,15 +8,18 @@
   grey out a patch, see how much the similarity drops).
 - `expected_calibration_error`: how far confidence is from accuracy, the part of a classifier
   that the temperature changes while its ranking stays the same (Guo et al., 2017).
+
+Embeddings may be raw or normalised: every cosine similarity here is taken on vectors
+L2-normalised in float32 by `mmcourse.norms` (an all-zero embedding stays zero, never NaN).
 """
 from __future__ import annotations
 
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 
-from .evaluate import _check_embeddings, _model_device, encode_texts
+from .evaluate import _check_embeddings, _model_device, _unit, encode_texts
+from .norms import l2_norm, l2_normalize
 
 
 @torch.no_grad()
@@ -40,7 +43,7 @@ def image_text_similarity(model: torch.nn.Module, tokenizer: Callable, images: t
     was_training = model.training
     model.eval()
     try:
-        image_emb = F.normalize(model.encode_image(images.to(device)).float(), dim=-1).cpu()  # (N, D)
+        image_emb = l2_normalize(model.encode_image(images.to(device)).float()).cpu()  # (N, D)
         text_emb = encode_texts(model, tokenizer, list(texts), device=device)  # (T, D), unit norm
     finally:
         model.train(was_training)
@@ -51,8 +54,9 @@ def image_text_similarity(model: torch.nn.Module, tokenizer: Callable, images: t
 def modality_gap(image_emb: torch.Tensor, text_emb: torch.Tensor) -> float:
     """Distance between the centroid of the image embeddings and that of the text embeddings.
 
-    Both sets are L2-normalised first (they live on the unit sphere, where CLIP compares them),
-    then `|| mean(images) - mean(texts) ||`. 0 means the two clouds share a centre; the largest
+    Both sets are L2-normalised first, in float32 (they live on the unit sphere, where CLIP
+    compares them), then `|| mean(images) - mean(texts) ||`; raw and normalised embeddings give
+    the same gap. 0 means the two clouds share a centre; the largest
     possible value is 2 (two antipodal points).
 
     Args:
@@ -67,8 +71,8 @@ def modality_gap(image_emb: torch.Tensor, text_emb: torch.Tensor) -> float:
     if image_emb.shape[1] != text_emb.shape[1]:
         raise ValueError(f"image_emb and text_emb must have the same embedding size, got "
                          f"{image_emb.shape[1]} and {text_emb.shape[1]}")
-    gap = F.normalize(image_emb.float(), dim=-1).mean(0) - F.normalize(text_emb.float(), dim=-1).mean(0)  # (D,)
-    return gap.norm().item()
+    gap = _unit(image_emb, "image_emb").mean(0) - _unit(text_emb, "text_emb").mean(0)  # (D,)
+    return l2_norm(gap).item()
 
 
 def _starts(size: int, patch: int, stride: int) -> list[int]:
@@ -92,7 +96,8 @@ def occlusion_map(model: torch.nn.Module, image: torch.Tensor, text_emb: torch.T
     Args:
         model: has `encode_image(image) -> (B, D)`.
         image: (C, H, W) one preprocessed image.
-        text_emb: (D,) the text side: a caption embedding or a zero-shot classifier column.
+        text_emb: (D,) the text side: a caption embedding or a zero-shot classifier column (raw
+            or normalised: it is L2-normalised here, in float32).
         patch_size: side of the occluding square, in pixels.
         stride: step between windows, in pixels (1 gives the smoothest map).
         baseline: the value an occluded pixel takes, in the model's input units (use the
@@ -113,13 +118,13 @@ def occlusion_map(model: torch.nn.Module, image: torch.Tensor, text_emb: torch.T
     was_training = model.training
     model.eval()
     try:
-        text = F.normalize(text_emb.float().to(device), dim=0)  # (D,)
+        text = _unit(text_emb.to(device), "text_emb", dim=0, dtype=torch.float32)  # (D,)
         windows = [(y, x) for y in _starts(h, patch_size, stride) for x in _starts(w, patch_size, stride)]
         occluded = image.to(device).unsqueeze(0).repeat(len(windows), 1, 1, 1)  # (P, C, H, W)
         for i, (y, x) in enumerate(windows):
             occluded[i, :, y:y + patch_size, x:x + patch_size] = baseline
-        reference = F.normalize(model.encode_image(image.to(device).unsqueeze(0)).float(), dim=-1) @ text  # (1,)
-        sims = torch.cat([F.normalize(model.encode_image(chunk).float(), dim=-1) @ text
+        reference = l2_normalize(model.encode_image(image.to(device).unsqueeze(0)).float()) @ text  # (1,)
+        sims = torch.cat([l2_normalize(model.encode_image(chunk).float()) @ text
                           for chunk in occluded.split(batch_size)])  # (P,)
     finally:
         model.train(was_training)

@@ -13,7 +13,11 @@ Reads top to bottom:
    `classification_loss` is the image tower + linear head that `mmcourse.train.fit` trains from
    scratch (supervised baseline) or fine-tunes from the zero-shot head.
 
-Embeddings are (N, D) tensors; functions that need them L2-normalised say so and normalise.
+Embeddings are (N, D) tensors. Every function whose result assumes unit vectors
+(`zero_shot_logits`, `retrieval_ranks`, `retrieval_metrics`, `linear_probe`) L2-normalises its
+inputs itself with `mmcourse.norms.unit_vectors`, in float32: raw `encode_image` output gives the
+same numbers as normalised output (ranks are cosine-similarity ranks), and an all-zero embedding
+stays zero (cosine 0 with everything) instead of becoming NaN in float16.
 Bad input raises `ValueError` naming the problem.
 """
 from __future__ import annotations
@@ -23,6 +27,8 @@ from typing import Any, Callable, Iterable, NamedTuple, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .norms import compute_dtype, l2_normalize, unit_vectors
 
 Template = str | Callable[[str], str]
 
@@ -39,6 +45,12 @@ def _check_embeddings(name: str, x: torch.Tensor) -> None:
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)})")
     if not torch.isfinite(x).all():
         raise ValueError(f"{name} contains NaN or inf: check the model and its inputs")
+
+
+def _unit(x: torch.Tensor, name: str, dim: int = -1, dtype: torch.dtype | None = None) -> torch.Tensor:
+    # unit_vectors for embeddings that may arrive as integers or in float16: at least float32 out
+    x = x if x.is_floating_point() else x.float()
+    return unit_vectors(x, name, dim=dim, dtype=dtype or compute_dtype(x.dtype))
 
 
 def _fill(template: Template, classname: str) -> str:
@@ -105,7 +117,7 @@ def encode_texts(model: torch.nn.Module, tokenizer: Callable, texts: Sequence[st
     for start in range(0, len(texts), batch_size):
         tokens = _tokenize(tokenizer, list(texts[start:start + batch_size]), device)
         emb = model.encode_text(**tokens).float()  # (B, D)
-        out.append(F.normalize(emb, dim=-1).cpu())
+        out.append(l2_normalize(emb).cpu())
     emb = torch.cat(out)
     _check_embeddings("text embeddings", emb)
     return emb
@@ -148,7 +160,7 @@ def build_zero_shot_classifier(
         texts = [_fill(t, c) for c in names for t in templates]  # class-major: (c0 t0, c0 t1, ...)
         emb = encode_texts(model, tokenizer, texts, device=device, batch_size=len(texts))  # (c*T, D)
         emb = emb.reshape(len(names), len(templates), -1).mean(dim=1)  # (c, D) ensemble
-        columns.append(F.normalize(emb, dim=-1).T)  # (D, c)
+        columns.append(l2_normalize(emb).T)  # (D, c)
     return torch.cat(columns, dim=1)  # (D, C)
 
 
@@ -165,16 +177,21 @@ def class_embedding(classifier: torch.Tensor, classnames: Sequence[str], name: s
 
 def zero_shot_logits(image_emb: torch.Tensor, classifier: torch.Tensor,
                      logit_scale: float | torch.Tensor = 100.0) -> torch.Tensor:
-    """Class logits `logit_scale * cos(image, class)`.
+    """Class logits `logit_scale * cos(image, class)` (open_clip's `zero_shot.run`).
 
     Args:
-        image_emb: (N, D) image embeddings; normalised here (cosine similarity).
-        classifier: (D, C) from `build_zero_shot_classifier`.
+        image_emb: (N, D) image embeddings, raw or normalised: rows are L2-normalised here, in
+            float32 (cosine similarity).
+        classifier: (D, C) from `build_zero_shot_classifier`; its columns are L2-normalised
+            here too, so class embeddings of any length score on the same cosine scale.
         logit_scale: the multiplier (not its log). open_clip uses 100; ranks and argmax do not
             depend on it, softmax probabilities do.
 
     Returns:
-        (N, C) logits.
+        (N, C) float32 logits.
+
+    Raises:
+        ValueError: shapes that do not match (a (C, D) classifier needs .T), NaN or inf.
     """
     _check_embeddings("image_emb", image_emb)
     if classifier.ndim != 2 or classifier.shape[0] != image_emb.shape[1]:
@@ -183,7 +200,9 @@ def zero_shot_logits(image_emb: torch.Tensor, classifier: torch.Tensor,
                          "a (C, D) matrix needs .T")
     if not torch.isfinite(classifier).all():
         raise ValueError("classifier contains NaN or inf")
-    return logit_scale * F.normalize(image_emb.float(), dim=-1) @ classifier.to(image_emb.device).float()
+    image = _unit(image_emb, "image_emb", dtype=torch.float32)  # (N, D)
+    classes = _unit(classifier.to(image_emb.device), "classifier", dim=0, dtype=torch.float32)  # (D, C)
+    return logit_scale * image @ classes
 
 
 def accuracy(logits: torch.Tensor, target: torch.Tensor, topk: Sequence[int] = (1, 5)) -> dict[str, float]:
@@ -231,7 +250,8 @@ def retrieval_ranks(image_emb: torch.Tensor, text_emb: torch.Tensor,
     (a stable sort). An image with several captions takes the rank of its best-ranked caption.
 
     Args:
-        image_emb: (N, D) image embeddings; L2-normalised by the caller for cosine similarity.
+        image_emb: (N, D) image embeddings, raw or normalised: rows are L2-normalised here (in
+            float32 for float16/bfloat16), so candidates are ranked by cosine similarity.
         text_emb: (T, D) caption embeddings, same convention.
         logit_scale: optional positive multiplier applied as open_clip does; ranks do not
             depend on it.
@@ -266,7 +286,11 @@ def retrieval_ranks(image_emb: torch.Tensor, text_emb: torch.Tensor,
     scale = 1.0 if logit_scale is None else logit_scale
     if float(scale) <= 0:
         raise ValueError(f"logit_scale must be positive, got {float(scale)}")
-    logits_per_image = (scale * image_emb @ text_emb.t()).detach().cpu()  # (N, T), as open_clip
+    dtype = compute_dtype(torch.promote_types(image_emb.dtype, text_emb.dtype))
+    if not dtype.is_floating_point:
+        dtype = torch.float32
+    image, text = _unit(image_emb.detach(), "image_emb", dtype=dtype), _unit(text_emb.detach(), "text_emb", dtype=dtype)
+    logits_per_image = (scale * image @ text.t()).cpu()  # (N, T), as open_clip on normalised features
 
     # Position of every candidate in its row's ranking: rank_of[i, j] = where j lands for query i.
     order = torch.argsort(logits_per_image, dim=1, descending=True, stable=True)  # (N, T)
@@ -293,8 +317,9 @@ def retrieval_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor,
     if ANY of its captions is in the top k, and every caption has one correct image.
 
     Args:
-        image_emb: (N, D) L2-normalised image embeddings.
-        text_emb: (T, D) L2-normalised caption embeddings.
+        image_emb: (N, D) image embeddings, raw or normalised (normalised here, see
+            `retrieval_ranks`; on normalised input the numbers equal open_clip's).
+        text_emb: (T, D) caption embeddings, same convention.
         logit_scale: optional positive multiplier (ranks do not depend on it).
         text_to_image_index: (T,) image index of each caption; default `arange(N)`.
         ks: the k of each R@k.
@@ -342,7 +367,7 @@ def encode_dataset(model: torch.nn.Module, loader: Iterable[dict[str, Any]],
             txt = model.encode_text(batch["input_ids"].to(device),
                                     attention_mask=None if mask is None else mask.to(device)).float()
             if normalize:
-                img, txt = F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
+                img, txt = l2_normalize(img), l2_normalize(txt)
             images.append(img.cpu())
             texts.append(txt.cpu())
             label = batch.get("label")
@@ -438,7 +463,8 @@ def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor,
         test_labels: (M,).
         C: inverse L2 regularisation strength (scikit-learn's `C`).
         max_iter: L-BFGS iterations.
-        normalize: L2-normalise the features first (as zero-shot does).
+        normalize: L2-normalise the features first, in float32 (as zero-shot does); raw and
+            normalised embeddings then give the same probe.
 
     Returns:
         `LinearProbe(accuracy, classifier)`; accuracy in [0, 1] on the test set.
@@ -451,7 +477,7 @@ def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor,
         y = torch.as_tensor(y)
         if y.ndim != 1 or y.shape[0] != x.shape[0]:
             raise ValueError(f"{name} has {x.shape[0]} rows but its labels have shape {tuple(y.shape)}")
-        x = F.normalize(x.float(), dim=-1) if normalize else x.float()
+        x = _unit(x, name, dtype=torch.float32) if normalize else x.float()
         return x.cpu().numpy().astype(np.float64), y.cpu().numpy()
 
     x_train, y_train = prepare(train_features, train_labels, "train_features")

@@ -22,9 +22,17 @@ Hence, for any a, b of shape (N, D) and τ > 0::
 is uniform and both losses equal log N: the loss of an untrained model with random embeddings
 is close to log N, and InfoNCE bounds the mutual information, I(X; Y) >= log N - L.
 
-Low-precision inputs (float16, bfloat16) are multiplied in their own dtype, then the logits
-are upcast to float32 for the log-softmax / log-sigmoid, as `torch.autocast` does; the loss is
-then returned in float32.
+Low-precision inputs (float16, bfloat16) are normalised in float32 (`mmcourse.norms`: an all-zero
+row stays zero instead of becoming NaN) and multiplied in their own dtype, then the logits are
+upcast to float32 for the log-softmax / log-sigmoid, as `torch.autocast` does; the loss is then
+returned in float32.
+
+Unit vectors: `info_nce` L2-normalises its inputs itself. `clip_loss` and `siglip_loss` take
+open_clip's already-normalised features and do not normalise them (the training loop's numbers
+stay open_clip's), but they check: a row whose length is not 1 raises a `ValueError` naming the
+input (an all-zero row, what normalising a zero embedding gives, is accepted: its similarity with
+everything is 0). `alignment` and `uniformity` are defined on the sphere: non-unit or zero rows
+raise.
 
 Bad input raises `ValueError` naming the problem: 1-D input, empty batch, mismatched batch
 size N or embedding size D, NaN or inf, non-positive temperature, negative logit_scale.
@@ -36,6 +44,8 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .norms import compute_dtype, l2_norm, unit_vectors
 
 Scalar = float | torch.Tensor
 
@@ -88,9 +98,9 @@ def _check_scalar(value: Scalar, name: str, allow_zero: bool) -> None:
                          + (" (did you pass the log of the scale? use model.logit_scale.exp())" if name == "logit_scale" else ""))
 
 
-def _upcast(logits: torch.Tensor) -> torch.Tensor:
+def _upcast(x: torch.Tensor) -> torch.Tensor:
     # float16/bfloat16 logits lose digits in the log-softmax; float32 is what autocast uses.
-    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    return x.to(compute_dtype(x.dtype))
 
 
 # ----------------------------------------------------------------------------- losses
@@ -99,18 +109,26 @@ def info_nce(z: torch.Tensor, z_pos: torch.Tensor, temperature: Scalar = 0.07) -
     """InfoNCE, one direction: each z_i must pick its positive z_i+ among all N candidates z_j+.
 
     Args:
-        z: anchors, shape (N, D); need not be normalised (cosine similarity is used).
+        z: anchors, shape (N, D); need not be normalised: both inputs are L2-normalised here
+            (in float32 for float16/bfloat16), so the logits are cosine similarities / τ. An
+            all-zero row stays zero: its similarity with every candidate is 0.
         z_pos: positives, shape (N, D); row i is the positive of z[i], the other rows its
             negatives.
         temperature: τ > 0 (float or scalar tensor); small τ sharpens the softmax.
 
     Returns:
         The mean loss over the N anchors, a scalar tensor (float32 for float16/bfloat16 inputs).
+
+    Raises:
+        ValueError: bad shapes, NaN/inf, non-float input, τ <= 0.
+
+    Source: van den Oord et al. (2018), "Representation Learning with Contrastive Predictive
+    Coding"; cosine similarity and τ as in SimCLR (Chen et al., 2020).
     """
     _check_pair(z, z_pos, "z", "z_pos")
     _check_scalar(temperature, "temperature", allow_zero=False)
-    z = F.normalize(z, dim=-1)  # (N, D)
-    z_pos = F.normalize(z_pos, dim=-1)  # (N, D)
+    z = unit_vectors(z, "z")  # (N, D), normalised in float32, back in z's dtype
+    z_pos = unit_vectors(z_pos, "z_pos")  # (N, D)
     logits = _upcast(z @ z_pos.T) / temperature  # (N, N): cosine similarity / τ
     labels = torch.arange(z.shape[0], device=z.device)  # the positive of row i is column i
     return F.cross_entropy(logits, labels)  # log-sum-exp inside: finite at τ = 0.001
@@ -121,17 +139,24 @@ def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: Scal
     """The symmetric CLIP loss, as open_clip's `ClipLoss` computes it on one device.
 
     Args:
-        image_emb: image embeddings, shape (N, D), expected L2-normalised (not normalised
-            here, as in open_clip).
-        text_emb: text embeddings, shape (N, D), expected L2-normalised; row i matches image i.
+        image_emb: image embeddings, shape (N, D), L2-normalised (as in open_clip they are not
+            normalised here; a row of length other than 1 raises, an all-zero row is accepted).
+        text_emb: text embeddings, shape (N, D), L2-normalised; row i matches image i.
         logit_scale: the *exponentiated* scale 1/τ >= 0 (e.g. `model.logit_scale.exp()`).
             0 gives the chance-level loss log N.
 
     Returns:
-        (cross_entropy(image→text) + cross_entropy(text→image)) / 2, a scalar tensor, or
-        `{"contrastive_loss": loss}` when `output_dict`.
+        (cross_entropy(image→text) + cross_entropy(text→image)) / 2, a scalar tensor (float32
+        for float16/bfloat16 inputs), or `{"contrastive_loss": loss}` when `output_dict`.
+
+    Raises:
+        ValueError: bad shapes, NaN/inf, rows not L2-normalised, logit_scale < 0.
+
+    Source: Radford et al. (2021), CLIP; open_clip's `loss.ClipLoss`.
     """
     _check_pair(image_emb, text_emb, "image_emb", "text_emb")
+    unit_vectors(image_emb, "image_emb", normalize=False)
+    unit_vectors(text_emb, "text_emb", normalize=False)
     _check_scalar(logit_scale, "logit_scale", allow_zero=True)
     logits_per_image = _upcast(logit_scale * image_emb @ text_emb.T)  # (N, N): row i = image i vs all texts
     logits_per_text = logits_per_image.T  # (N, N): row i = text i vs all images
@@ -148,16 +173,23 @@ def siglip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: Sc
     or not (label -1); no softmax over the batch.
 
     Args:
-        image_emb: (N, D), expected L2-normalised.
-        text_emb: (N, D), expected L2-normalised.
+        image_emb: (N, D), L2-normalised (checked, not normalised here, as `clip_loss`).
+        text_emb: (N, D), L2-normalised.
         logit_scale: exponentiated scale >= 0 (SigLIP initialises it at 10).
         logit_bias: a real bias added to every logit (SigLIP initialises it at -10).
 
     Returns:
         -Σ_ij log σ(label_ij · (logit_scale · x_i·y_j + logit_bias)) / N, a scalar tensor
-        (note: summed over the N² pairs, divided by N), or `{"contrastive_loss": loss}`.
+        (note: summed over the N² pairs, divided by N; float32 for float16/bfloat16 inputs),
+        or `{"contrastive_loss": loss}`.
+
+    Raises:
+        ValueError: bad shapes, NaN/inf, rows not L2-normalised, logit_scale < 0, logit_bias
+            not a finite scalar.
     """
     _check_pair(image_emb, text_emb, "image_emb", "text_emb")
+    unit_vectors(image_emb, "image_emb", normalize=False)
+    unit_vectors(text_emb, "text_emb", normalize=False)
     _check_scalar(logit_scale, "logit_scale", allow_zero=True)
     if isinstance(logit_bias, bool) or not isinstance(logit_bias, (int, float, torch.Tensor)):
         raise ValueError(f"logit_bias must be a number or a scalar tensor, got {type(logit_bias).__name__}")
@@ -175,41 +207,41 @@ def siglip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: Sc
 # ----------------------------------------------------------------------------- diagnostics
 
 def _check_normalised(x: torch.Tensor, name: str) -> None:
-    tol = 1e-2 if x.dtype in (torch.float16, torch.bfloat16) else 1e-3
-    norms = x.detach().float().norm(dim=-1)
-    if (norms - 1).abs().max() > tol:
-        raise ValueError(f"{name} must be L2-normalised (row norms are {norms.min():.3g}..{norms.max():.3g}); "
-                         "use F.normalize(x, dim=-1)")
+    unit_vectors(x, name, normalize=False, allow_zero=False)  # on the sphere: no zero rows either
 
 
 def alignment(x: torch.Tensor, y: torch.Tensor, alpha: float = 2) -> torch.Tensor:
     """Alignment (Wang & Isola, 2020): mean ||x_i - y_i||^alpha over positive pairs. Lower is better.
 
     Args:
-        x, y: L2-normalised embeddings, shape (N, D); row i of each is a positive pair.
+        x, y: L2-normalised embeddings, shape (N, D); row i of each is a positive pair. Rows of
+            length other than 1 (or all zeros) raise a `ValueError`.
         alpha: exponent > 0 (the paper uses 2).
 
     Returns:
-        A scalar tensor in [0, 2**alpha]; 0 when every pair coincides.
+        A scalar tensor in [0, 2**alpha]; 0 when every pair coincides. Distances are computed
+        in float32 for float16/bfloat16 input, and the result is float32 then.
     """
     _check_pair(x, y, "x", "y")
     _check_normalised(x, "x")
     _check_normalised(y, "y")
     if not alpha > 0:
         raise ValueError(f"alpha must be > 0, got {alpha}")
-    return (x - y).norm(p=2, dim=1).pow(alpha).mean()
+    return l2_norm(_upcast(x) - _upcast(y), dim=1).pow(alpha).mean()  # (N,) distances -> scalar
 
 
 def uniformity(x: torch.Tensor, t: float = 2) -> torch.Tensor:
     """Uniformity (Wang & Isola, 2020): log mean_{i<j} exp(-t ||x_i - x_j||²). Lower is more uniform.
 
     Args:
-        x: L2-normalised embeddings, shape (N, D), N >= 2.
+        x: L2-normalised embeddings, shape (N, D), N >= 2; rows of length other than 1 (or all
+            zeros) raise a `ValueError`.
         t: scale > 0 (the paper uses 2).
 
     Returns:
         A scalar tensor <= 0; 0 when all points coincide (collapse); about -4 for points
-        spread uniformly on the 2-sphere with t = 2.
+        spread uniformly on the 2-sphere with t = 2. Squared distances are computed in float32
+        for float16/bfloat16 input, and the result is float32 then.
     """
     _check_embeddings(x, "x")
     _check_normalised(x, "x")

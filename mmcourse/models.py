@@ -23,6 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .norms import l2_normalize
+
 # ----------------------------------------------------------------------------------------------
 # 1. Transformer parts (pre-LayerNorm, as in CLIP and GPT-2)
 
@@ -465,14 +467,15 @@ class CLIP(nn.Module):
 
         Args:
             image: (B, C, H, W) float tensor.
-            normalize: L2-normalise each embedding.
+            normalize: L2-normalise each embedding (the norm is computed in float32, so a
+                float16/bfloat16 model gives unit vectors too; an all-zero embedding stays zero).
 
         Returns:
-            (B, D) embeddings.
+            (B, D) embeddings, in the model's dtype.
         """
         self._check_image(image)
         x = self.image_projection(self.visual(image))  # (B, E_img) -> (B, D)
-        return F.normalize(x, dim=-1) if normalize else x
+        return l2_normalize(x) if normalize else x
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                     normalize: bool = False) -> torch.Tensor:
@@ -482,10 +485,10 @@ class CLIP(nn.Module):
             input_ids: (B, L) token ids, L <= context_length, padded on the right.
             attention_mask: (B, L), 1 for tokens and 0 for padding. If None: built from
                 `config.pad_token_id`, or all ones when that is None.
-            normalize: L2-normalise each embedding.
+            normalize: L2-normalise each embedding (in float32, as `encode_image`).
 
         Returns:
-            (B, D) embeddings.
+            (B, D) embeddings, in the model's dtype.
         """
         mask = self._text_mask(input_ids, attention_mask)
         # Drop the columns that are padding in every row: they cannot change the result, and
@@ -493,7 +496,7 @@ class CLIP(nn.Module):
         keep = int(mask.sum(1).max())
         input_ids, mask = input_ids[:, :keep], mask[:, :keep]  # (B, L') with L' <= L
         x = self.text_projection(self.text(input_ids, mask))  # (B, E_txt) -> (B, D)
-        return F.normalize(x, dim=-1) if normalize else x
+        return l2_normalize(x) if normalize else x
 
     def forward(self, image: torch.Tensor | None = None, input_ids: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None) -> CLIPOutput:

@@ -15,6 +15,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from .norms import l2_normalize
+
 ArrayLike = torch.Tensor | np.ndarray | Sequence[float]
 
 
@@ -22,6 +24,17 @@ def _numpy(x: ArrayLike) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         return x.detach().float().cpu().numpy()
     return np.asarray(x, dtype=float)
+
+
+def _pca_2d(image_emb: torch.Tensor, text_emb: torch.Tensor) -> tuple[np.ndarray, float]:
+    """Both sets L2-normalised (float32, `mmcourse.norms`), projected on their first two principal
+    components: (N + M, 2) coordinates and the fraction of the variance they explain (1 when all
+    points coincide, so a collapsed model shows 100%, not nan%)."""
+    x = torch.cat([l2_normalize(e.detach().cpu().float()) for e in (image_emb, text_emb)])  # (N + M, D)
+    centred = x - x.mean(0)
+    _, s, v = torch.linalg.svd(centred, full_matrices=False)
+    total = (s ** 2).sum().item()
+    return (centred @ v[:2].T).numpy(), ((s[:2] ** 2).sum().item() / total if total > 0 else 1.0)
 
 
 def _axes(ax, figsize=None):
@@ -231,11 +244,7 @@ def plot_modality_gap(
         (its length in the plane is at most its length in D dimensions).
     """
     ax = _axes(ax, figsize=(4.8, 4.2))
-    x = torch.cat([torch.nn.functional.normalize(e.detach().float().cpu(), dim=-1) for e in (image_emb, text_emb)])
-    centred = x - x.mean(0)
-    _, s, v = torch.linalg.svd(centred, full_matrices=False)
-    xy = (centred @ v[:2].T).numpy()  # (N + M, 2)
-    explained = (s[:2] ** 2).sum().item() / (s ** 2).sum().item()
+    xy, explained = _pca_2d(image_emb, text_emb)  # (N + M, 2)
     n = image_emb.shape[0]
     for part, label, colour in ((xy[:n], "images", "C0"), (xy[n:], "texts", "C1")):
         ax.scatter(part[:, 0], part[:, 1], s=6, alpha=0.4, color=colour, label=label)
@@ -345,11 +354,7 @@ def plot_embeddings_2d(
     """
     ax = _axes(ax, figsize=(5.5, 4.5))
     n = image_emb.shape[0]
-    x = torch.cat([torch.nn.functional.normalize(e.detach().float().cpu(), dim=-1) for e in (image_emb, text_emb)])
-    centred = x - x.mean(0)
-    _, s, v = torch.linalg.svd(centred, full_matrices=False)
-    xy = (centred @ v[:2].T).numpy()  # (N + M, 2)
-    explained = (s[:2] ** 2).sum().item() / (s ** 2).sum().item()
+    xy, explained = _pca_2d(image_emb, text_emb)  # (N + M, 2)
     labels = np.concatenate([_numpy(image_labels), _numpy(text_labels)]).astype(int)
     cmap = plt.get_cmap("tab10" if labels.max() < 10 else "tab20")
     for c in np.unique(labels):

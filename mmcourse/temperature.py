@@ -12,6 +12,11 @@ So a negative j is pushed away with weight p_j / τ: at small τ the softmax is 
 of the push goes to the hardest negatives (the most similar ones); at large τ it is spread
 evenly over all negatives and the loss tends to log K.
 
+Every number is computed in float64 from the logits s / τ with log-sum-exp (softmax, loss) or as
+a softmax over the negatives alone (their shares of the push), so all of them stay finite over
+the explorer's whole range, τ from 0.001 to 10 with similarities in [-1, 1], even where every
+p_j of a negative underflows to 0.
+
 Sections: pure functions · explorer widget · toy experiment.
 """
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .norms import l2_normalize
 from .plots import plot_softmax_bars
 
 DEFAULT_SIMILARITIES = (0.8, 0.7, 0.55, 0.3, 0.1, -0.1, -0.4)  # pos, 2 hard negatives, easy ones
@@ -58,19 +64,45 @@ def softmax_distribution(similarities, temperature: float) -> torch.Tensor:
 
 
 def row_loss(similarities, temperature: float, positive: int = 0) -> float:
-    """L = -log p_pos = logsumexp(s / τ) - s_pos / τ (stable at any τ)."""
+    """L = -log p_pos = logsumexp(s / τ) - s_pos / τ = log(1 + Σ_{j≠pos} exp((s_j - s_pos) / τ)).
+
+    Computed from the margins d_j = (s_j - s_pos) / τ, with `log1p` when the positive is the
+    most similar, so the loss is right to float64's relative precision at any τ (not rounded to
+    0 when it is 1e-20) and never overflows.
+    """
     s, t = _row(similarities, positive), _tau(temperature)
-    return float(torch.logsumexp(s / t, dim=0) - s[positive] / t)
+    d = torch.cat([s[:positive], s[positive + 1:]]).sub(s[positive]).div(t)  # (K-1,) margins of the negatives
+    m = float(d.max())
+    if m <= 0:  # the positive wins: L = log1p(Σ e^{d_j}), each e^{d_j} <= 1
+        return float(torch.log1p(torch.exp(d).sum()))
+    return m + float(torch.log(math.exp(-m) + torch.exp(d - m).sum()))  # a negative wins: L >= m > 0
 
 
 def similarity_gradient(similarities, temperature: float, positive: int = 0) -> torch.Tensor:
     """∂L/∂s_j = (p_j - [j = pos]) / τ, shape (K,): negative on the positive (gradient descent
-    pulls it closer), positive on each negative (pushed away with weight p_j / τ)."""
+    pulls it closer), positive on each negative (pushed away with weight p_j / τ).
+
+    The positive's entry p_pos - 1 is computed as -Σ_{j≠pos} p_j, which it equals: when p_pos
+    rounds to 1 at small τ, the difference would lose every digit.
+    """
     s, t = _row(similarities, positive), _tau(temperature)
-    p = torch.softmax(s / t, dim=0)
-    onehot = torch.zeros_like(p)
-    onehot[positive] = 1.0
-    return (p - onehot) / t
+    p = torch.softmax(s / t, dim=0)  # (K,)
+    grad = p / t
+    grad[positive] = -torch.cat([p[:positive], p[positive + 1:]]).sum() / t  # the pull = the total push
+    return grad
+
+
+def negative_shares(similarities, temperature: float, positive: int = 0) -> torch.Tensor:
+    """Each negative's share of the push, p_j / Σ_{k≠pos} p_k, shape (K,), 0 on the positive.
+
+    The p_j cancel their common denominator, so the shares are a softmax of s_j / τ over the
+    negatives alone: finite and summing to 1 even when every p_j underflows to 0 (at τ = 0.001,
+    `[0.9, -0.9, -0.8]` gives `[0, 3.7e-44, 1]`, where p_j / Σ p_k would be 0 / 0).
+    """
+    s, t = _row(similarities, positive), _tau(temperature)
+    logits = s / t  # (K,) float64
+    logits[positive] = -math.inf  # the positive takes no share
+    return torch.softmax(logits, dim=0)  # subtracts the largest negative logit first: no overflow
 
 
 def negative_weights(similarities, temperature: float, positive: int = 0) -> torch.Tensor:
@@ -98,15 +130,17 @@ class TemperatureView:
 
 
 def explore(similarities=DEFAULT_SIMILARITIES, temperature: float = 0.07, positive: int = 0) -> TemperatureView:
-    """Compute the softmax, loss, gradient and share of the push on each negative at τ."""
+    """Compute the softmax, loss, gradient and share of the push on each negative at τ.
+
+    Every field is finite for any τ > 0 and finite similarities (float64 throughout; see
+    `negative_shares` for the shares at tiny τ).
+    """
     s = _row(similarities, positive)
-    p = softmax_distribution(s, temperature)
-    neg = p.clone()
-    neg[positive] = 0.0
     return TemperatureView(
-        temperature=_tau(temperature), similarities=s, positive=positive, probs=p,
-        loss=row_loss(s, temperature, positive), gradient=similarity_gradient(s, temperature, positive),
-        negative_share=neg / neg.sum(),
+        temperature=_tau(temperature), similarities=s, positive=positive,
+        probs=softmax_distribution(s, temperature), loss=row_loss(s, temperature, positive),
+        gradient=similarity_gradient(s, temperature, positive),
+        negative_share=negative_shares(s, temperature, positive),
     )
 
 
@@ -135,11 +169,13 @@ def draw_view(view: TemperatureView, axes, curve=None) -> dict[str, list]:
     plot_softmax_bars(weights, labels, view.positive, ax=ax_g, ylim=None,
                       title="gradient weight |∂L/∂s_j|", ylabel="|∂L/∂s_j| (per unit of similarity)",
                       xlabel="candidate (green: pulled, grey: pushed)")
-    ax_g.set_yscale("log")  # the weights span many orders of magnitude at small τ
     for ax in (ax_p, ax_g):
         ax.tick_params(axis="x", labelsize=8)
+    # limits first, then the log scale: at τ = 0.001 every weight can underflow to 0, and
+    # autoscaling a log axis over no positive value only warns
     ax_g.set_ylim(max(1e-6, float(weights[weights > 0].min()) / 2) if (weights > 0).any() else 1e-6,
                   max(1.0, float(weights.max()) * 2))
+    ax_g.set_yscale("log")  # the weights span many orders of magnitude at small τ
     taus, losses = curve if curve is not None else loss_curve(view.similarities, positive=view.positive)
     ax_l.plot(taus, losses, color="tab:blue", label="L(τ) for this row")
     ax_l.axhline(math.log(len(view.similarities)), color="tab:gray", ls="--", label=f"log K = {math.log(len(view.similarities)):.2f}")
@@ -314,11 +350,11 @@ class ToyCLIP(torch.nn.Module):
 
     def encode_image(self, image: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         z = self.image_encoder(image)  # (B, embed_dim)
-        return torch.nn.functional.normalize(z, dim=-1) if normalize else z
+        return l2_normalize(z) if normalize else z
 
     def encode_text(self, text: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         z = self.text_encoder(text)  # (B, embed_dim)
-        return torch.nn.functional.normalize(z, dim=-1) if normalize else z
+        return l2_normalize(z) if normalize else z
 
     def forward(self, image: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"image_embeds": self.encode_image(image), "text_embeds": self.encode_text(text),

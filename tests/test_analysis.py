@@ -161,3 +161,48 @@ def test_plot_occlusion_maps_shapes_and_errors():
     assert fig.axes[-1].get_ylabel() == "similarity drop (cosine)"
     with pytest.raises(ValueError, match="3 images but 2 maps"):
         plot_occlusion_maps(torch.rand(3, 1, 8, 8), torch.randn(2, 8, 8))
+
+
+# ------------------------------------------------------- raw, low-precision and zero embeddings
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_modality_gap_low_precision_and_zero_rows(dtype):
+    g = torch.Generator().manual_seed(3)
+    img, txt = torch.randn(30, 8, generator=g) * 50, torch.randn(20, 8, generator=g) + 2
+    img[0] = 0  # a zero embedding counts as the origin, not NaN
+    low = analysis.modality_gap(img.to(dtype), txt.to(dtype))
+    ref = analysis.modality_gap(img.to(dtype).double(), txt.to(dtype).double())
+    assert low == pytest.approx(ref, abs=5e-3)
+    expected = (F.normalize(img.double(), dim=-1).mean(0) - F.normalize(txt.double(), dim=-1).mean(0)).norm().item()
+    assert analysis.modality_gap(img, txt) == pytest.approx(expected, abs=1e-6)
+
+
+def test_occlusion_map_text_side_raw_or_normalised():
+    model = LinearImage()
+    g = torch.Generator().manual_seed(4)
+    image, text = torch.rand(1, 6, 5, generator=g), torch.randn(4, generator=g)
+    torch.testing.assert_close(analysis.occlusion_map(model, image, 25 * text),
+                               analysis.occlusion_map(model, image, F.normalize(text, dim=0)))
+    zero = analysis.occlusion_map(model, image, torch.zeros(4))  # no direction: every drop is 0
+    assert torch.equal(zero, torch.zeros(6, 5))
+
+
+def test_embedding_plots_finite_for_zero_rows_and_collapse():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mmcourse.plots import plot_embeddings_2d, plot_modality_gap
+
+    g = torch.Generator().manual_seed(5)
+    img, txt = torch.randn(12, 6, generator=g).half() * 100, torch.randn(8, 6, generator=g).half()
+    img[2] = 0
+    ax = plot_modality_gap(img, txt)
+    assert all(torch.isfinite(torch.tensor(c.get_offsets())).all() for c in ax.collections)
+    assert "nan" not in ax.get_title()
+    # a collapsed model: every embedding the same direction; 100% of no variance, not nan%
+    same = torch.zeros(5, 6)
+    same[:, 0] = torch.arange(1.0, 6.0)  # all normalise to e_0 exactly: zero variance (0/0 before)
+    ax = plot_embeddings_2d(same, same, torch.zeros(5), torch.zeros(5))
+    assert "(100% of the variance)" in ax.get_title()
+    plt.close("all")

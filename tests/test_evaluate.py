@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from mmcourse import evaluate as ev
+from mmcourse.norms import l2_normalize
 
 open_clip = pytest.importorskip("open_clip")
 open_clip_train = pytest.importorskip("open_clip_train.train")
@@ -164,11 +165,18 @@ def _random_pairs(n, d=8, seed=0):
 
 
 def _tied_pairs(n, d=4, levels=2, seed=0):
-    """Embeddings with few distinct values, so many similarities tie exactly."""
+    """Raw embeddings with few distinct directions, so many cosine similarities tie exactly (an
+    all-zero row stays zero when normalised: cosine 0 with everything)."""
     g = torch.Generator().manual_seed(seed)
     img = torch.randint(0, levels, (n, d), generator=g).float()
     txt = torch.randint(0, levels, (n, d), generator=g).float()
     return img, txt
+
+
+def _open_clip_metrics(img, txt, logit_scale=1.0):
+    """open_clip's `get_clip_metrics` on the features it expects: L2-normalised (by the same
+    function retrieval_metrics uses, so that exact ties stay exact)."""
+    return get_clip_metrics(l2_normalize(img), l2_normalize(txt), logit_scale=torch.tensor(logit_scale))
 
 
 def _assert_same_metrics(ours, theirs):
@@ -191,9 +199,9 @@ def test_retrieval_equals_open_clip_on_tied_inputs(seed):
     # open_clip sorts with torch.argsort(descending=True), which orders ties by index for rows
     # of up to 16 candidates on CPU (insertion sort); mmcourse always does (stable=True).
     img, txt = _tied_pairs(16, seed=seed)
-    sims = img @ txt.T
+    sims = l2_normalize(img) @ l2_normalize(txt).T
     assert (sims.unsqueeze(-1) == sims.unsqueeze(-2)).sum() > 16 * 16 * 2  # many exact ties
-    _assert_same_metrics(ev.retrieval_metrics(img, txt, logit_scale=1.0), get_clip_metrics(img, txt, 1.0))
+    _assert_same_metrics(ev.retrieval_metrics(img, txt, logit_scale=1.0), _open_clip_metrics(img, txt))
 
 
 def test_retrieval_ties_large_match_open_clip_with_a_stable_sort(monkeypatch):
@@ -205,9 +213,9 @@ def test_retrieval_ties_large_match_open_clip_with_a_stable_sort(monkeypatch):
     ours = ev.retrieval_metrics(img, txt)
     stable_argsort = functools.partial(torch.argsort, stable=True)
     monkeypatch.setattr(torch, "argsort", stable_argsort)
-    _assert_same_metrics(ours, get_clip_metrics(img, txt, 1.0))
+    _assert_same_metrics(ours, _open_clip_metrics(img, txt))
     monkeypatch.undo()
-    sims = img @ txt.T
+    sims = l2_normalize(img) @ l2_normalize(txt).T
     pos = sims.diag().unsqueeze(1)
     optimistic = (sims > pos).sum(1)  # ties counted in our favour
     pessimistic = (sims >= pos).sum(1) - 1  # ties counted against us
@@ -222,8 +230,10 @@ def test_retrieval_ranks_by_hand():
     # 3 images x 3 captions; correct pairs on the diagonal.
     sims = torch.tensor([[0.9, 0.1, 0.0],   # image 0: caption 0 first -> rank 0
                          [0.8, 0.5, 0.7],   # image 1: caption 1 third -> rank 2
-                         [0.2, 0.3, 0.1]])  # image 2: caption 2 third -> rank 2
-    img, txt = sims, torch.eye(3)  # img @ txt.T == sims
+                         [0.2, 0.3, 0.1]]) / 2  # image 2: caption 2 third -> rank 2
+    # unit rows whose cosine similarities are sims: a 4th coordinate the captions do not use
+    img = torch.cat([sims, (1 - sims.pow(2).sum(1, keepdim=True)).sqrt()], dim=1)  # (3, 4)
+    txt = torch.eye(3, 4)  # img @ txt.T == sims
     i2t, t2i = ev.retrieval_ranks(img, txt)
     assert i2t.tolist() == [0, 2, 2]
     assert t2i.tolist() == [0, 0, 1]  # columns: (.9,.8,.2), (.1,.5,.3), (0,.7,.1)
@@ -236,7 +246,7 @@ def test_retrieval_ranks_by_hand():
 
 
 def _naive_multi_caption(img, txt, index, k):
-    sims = img @ txt.T
+    sims = l2_normalize(img) @ l2_normalize(txt).T  # cosine similarities
     n, t = sims.shape
     i2t_hits = 0
     for i in range(n):
@@ -264,7 +274,8 @@ def test_several_captions_per_image_against_naive_loops(tied):
         i2t, t2i = _naive_multi_caption(img, txt, index.tolist(), k)
         assert m[f"image_to_text_R@{k}"] == pytest.approx(i2t)
         assert m[f"text_to_image_R@{k}"] == pytest.approx(t2i)
-    assert 0 < m["image_to_text_R@1"] < 1 and 0 < m["text_to_image_R@5"] < 1  # a non-trivial case
+    k = 5 if tied else 1  # ties by the dozen push every image's own captions past rank 1
+    assert 0 < m[f"image_to_text_R@{k}"] < 1 and 0 < m["text_to_image_R@5"] < 1  # a non-trivial case
 
 
 def test_several_captions_reduces_to_open_clip_when_one_each():
@@ -370,3 +381,69 @@ def test_image_classifier_random_head_and_errors():
         ev.ImageClassifier(_tiny_clip())
     with pytest.raises(ValueError, match="no batches"):
         ev.classifier_accuracy(model, [])
+
+
+# --------------------------------------------------- raw (not unit) and low-precision embeddings
+def test_retrieval_with_raw_embeddings_ranks_by_cosine():
+    # Two pairs; image 0 is raw encoder output of norm 20, image 1 of norm 1. By cosine each
+    # caption's own image is first; by raw dot product image 0's length wins caption 1 (R@1 0.5).
+    img = torch.tensor([[0.8, 0.6], [0.6, 0.8]]) * torch.tensor([[20.0], [1.0]])
+    txt = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    assert (img @ txt.T).argmax(dim=0).tolist() == [0, 0]  # the silent wrong answer of raw dot products
+    m = ev.retrieval_metrics(img, txt)
+    assert m["text_to_image_R@1"] == 1.0 and m["image_to_text_R@1"] == 1.0
+    assert m["text_to_image_mean_rank"] == 1.0
+    _assert_same_metrics(m, get_clip_metrics(F.normalize(img, dim=-1), txt, torch.tensor(1.0)))
+    i2t, t2i = ev.retrieval_ranks(img, txt * 7)
+    assert i2t.tolist() == [0, 0] and t2i.tolist() == [0, 0]
+
+
+def test_retrieval_raw_equals_normalised_on_random_inputs():
+    img, txt = _random_pairs(50, seed=7)
+    g = torch.Generator().manual_seed(1)
+    scale_i, scale_t = torch.rand(50, 1, generator=g) * 30 + 0.01, torch.rand(50, 1, generator=g) * 30 + 0.01
+    ranks = ev.retrieval_ranks(img * scale_i, txt * scale_t)
+    ref = ev.retrieval_ranks(img, txt)
+    assert torch.equal(ranks[0], ref[0]) and torch.equal(ranks[1], ref[1])
+    assert not torch.equal(ev.retrieval_ranks(img, txt)[1],
+                           torch.argsort(torch.argsort((img * scale_i @ txt.T).T, dim=1, descending=True), dim=1)
+                           .diagonal())  # raw dot products would rank differently
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_retrieval_and_zero_shot_low_precision_with_a_zero_row(dtype):
+    img, txt = _random_pairs(40, seed=8)
+    img, txt = img * 3, txt.clone()
+    img[4] = 0  # a dead image tower: cosine 0 with every caption, never NaN
+    low_img, low_txt = img.to(dtype), txt.to(dtype)
+    ranks = ev.retrieval_ranks(low_img, low_txt)
+    ref = ev.retrieval_ranks(low_img.float(), low_txt.float())  # same rounded values, float32 arithmetic
+    assert torch.equal(ranks[0], ref[0]) and torch.equal(ranks[1], ref[1])
+    m = ev.retrieval_metrics(low_img, low_txt)
+    assert all(np.isfinite(v) for v in m.values())
+    w = F.normalize(torch.randn(8, 5, generator=torch.Generator().manual_seed(0)), dim=0)
+    logits = ev.zero_shot_logits(low_img, w.to(dtype))
+    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+    assert (logits[4] == 0).all()
+    torch.testing.assert_close(logits, ev.zero_shot_logits(low_img.float(), w.to(dtype).float()))
+
+
+def test_zero_shot_logits_normalise_the_classifier_columns_too():
+    g = torch.Generator().manual_seed(2)
+    img, w = torch.randn(6, 4, generator=g), F.normalize(torch.randn(4, 3, generator=g), dim=0)
+    raw = w * torch.tensor([[0.5, 3.0, 40.0]])  # class embeddings of different lengths
+    torch.testing.assert_close(ev.zero_shot_logits(img * 9, raw), ev.zero_shot_logits(img, w))
+    assert ev.zero_shot_logits(img, raw).abs().max() <= 100 + 1e-4  # cosine scale: at most logit_scale
+
+
+def test_linear_probe_raw_scale_does_not_matter():
+    g = torch.Generator().manual_seed(3)
+    centres = torch.randn(3, 8, generator=g)
+    y = torch.randint(0, 3, (90,), generator=g)
+    x = centres[y] + torch.randn(90, 8, generator=g)
+    scaled = x * (torch.rand(90, 1, generator=g) * 50 + 0.1)
+    a, b = ev.linear_probe(x[:60], y[:60], x[60:], y[60:]), ev.linear_probe(scaled[:60], y[:60], scaled[60:], y[60:])
+    assert a.accuracy == b.accuracy
+    np.testing.assert_allclose(a.classifier.coef_, b.classifier.coef_, rtol=1e-4, atol=1e-6)
+    half = ev.linear_probe(x[:60].half(), y[:60], x[60:].half(), y[60:])
+    assert 0 < half.accuracy <= 1

@@ -144,8 +144,10 @@ def test_gradcheck_info_nce_and_clip_and_siglip():
     assert torch.autograd.gradcheck(lambda x, y: info_nce(x, y, 0.3), (a, b))
     scale = torch.tensor(4.0, dtype=f64, requires_grad=True)
     bias = torch.tensor(-1.0, dtype=f64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x, y, s: clip_loss(x, y, s), (a, b, scale))
-    assert torch.autograd.gradcheck(lambda x, y, s, c: siglip_loss(x, y, s, c), (a, b, scale, bias))
+    # clip_loss and siglip_loss take unit rows: evaluate at normalised points (gradcheck moves them by 1e-6)
+    an, bn = (F.normalize(x.detach(), dim=-1).requires_grad_(True) for x in (a, b))
+    assert torch.autograd.gradcheck(lambda x, y, s: clip_loss(x, y, s), (an, bn, scale))
+    assert torch.autograd.gradcheck(lambda x, y, s, c: siglip_loss(x, y, s, c), (an, bn, scale, bias))
     tau = torch.tensor(0.2, dtype=f64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: info_nce(a.detach(), b.detach(), t), (tau,))
 
@@ -307,3 +309,97 @@ a4, b4 = _pair(4, 3, 13)
 def test_bad_input_raises_value_error(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+# ----------------------------------------------------------------------------- low precision and zero rows
+
+def _issue_input():
+    torch.manual_seed(0)
+    z = torch.randn(4, 8)
+    p = torch.randn(4, 8)
+    z[1] = 0  # an all-zero row: a dead ReLU tower followed by a bias-free projection
+    return z, p
+
+
+def test_info_nce_zero_row_in_float16_is_the_float32_value():
+    z, p = _issue_input()
+    assert info_nce(z, p, 0.07).item() == pytest.approx(5.8200, abs=5e-5)
+    assert info_nce(z.double(), p.double(), 0.07).item() == pytest.approx(5.8200, abs=5e-5)
+    # the zero row has cosine 0 with every candidate: its term is exactly log N
+    rows = F.cross_entropy(F.normalize(z, dim=-1) @ F.normalize(p, dim=-1).T / 0.07, torch.arange(4), reduction="none")
+    assert rows[1].item() == pytest.approx(math.log(4))
+    for dtype, tol in [(torch.float16, 5e-3), (torch.bfloat16, 5e-2)]:
+        zl, pl = z.to(dtype).requires_grad_(True), p.to(dtype).requires_grad_(True)
+        loss = info_nce(zl, pl, 0.07)  # was NaN in float16: F.normalize's eps is 0 there
+        assert loss.dtype == torch.float32 and torch.isfinite(loss)
+        assert loss.item() == pytest.approx(5.8200, abs=tol)
+        loss.backward()
+        assert torch.isfinite(zl.grad).all() and torch.isfinite(pl.grad).all()
+        # and against the same rounded inputs in float64
+        assert loss.item() == pytest.approx(info_nce(z.to(dtype).double(), p.to(dtype).double(), 0.07).item(), abs=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_every_loss_finite_with_a_zero_row_in_low_precision(dtype):
+    a, b = _pair(8, 6, 21)
+    a[3] = 0  # what l2_normalize / encode_*(normalize=True) give for a zero embedding
+    b[5] = 0
+    tol = {torch.float16: 0.02, torch.bfloat16: 0.1, torch.float32: 1e-5}[dtype]
+    for fn, args in [(info_nce, (0.07,)), (clip_loss, (1 / 0.07,)), (siglip_loss, (10.0, -10.0))]:
+        x, y = a.to(dtype).requires_grad_(True), b.to(dtype).requires_grad_(True)
+        low = fn(x, y, *args)
+        ref = fn(a.to(dtype).double(), b.to(dtype).double(), *args)
+        assert torch.isfinite(low), fn.__name__
+        assert abs(low.item() - ref.item()) <= tol * max(1.0, abs(ref.item())), (fn.__name__, low, ref)
+        low.backward()
+        assert torch.isfinite(x.grad).all() and torch.isfinite(y.grad).all(), fn.__name__
+    # alignment and uniformity are defined on the sphere: a zero row is refused, by name
+    with pytest.raises(ValueError, match="x's row 3 is all zeros"):
+        alignment(a.to(dtype), b.to(dtype))
+    with pytest.raises(ValueError, match="x's row 3 is all zeros"):
+        uniformity(a.to(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_alignment_uniformity_low_precision_in_float32(dtype):
+    a, b = _pair(40, 8, 22)
+    x, y = a.to(dtype), b.to(dtype)
+    tol = 1e-3 if dtype == torch.float16 else 1e-2
+    al, un = alignment(x, y), uniformity(x)
+    assert al.dtype == un.dtype == torch.float32
+    assert al.item() == pytest.approx(alignment(x.double(), y.double()).item(), abs=tol)
+    assert un.item() == pytest.approx(uniformity(x.double()).item(), abs=tol)
+    # collapse (all points equal): uniformity 0 with a finite gradient, in low precision too
+    same = F.normalize(torch.ones(6, 8, dtype=f64), dim=-1).to(dtype).requires_grad_(True)
+    u = uniformity(same)
+    assert u.item() == pytest.approx(0.0, abs=1e-6)
+    u.backward()
+    assert torch.isfinite(same.grad).all()
+    s2 = same.detach().clone().requires_grad_(True)
+    alignment(s2, same.detach()).backward()
+    assert torch.isfinite(s2.grad).all()
+
+
+# ----------------------------------------------------------------------------- raw (not unit) embeddings
+
+def test_raw_embeddings_info_nce_normalises_clip_and_siglip_refuse_by_name():
+    a, b = _pair(6, 4, 23, normalise=False)
+    scales = torch.linspace(0.1, 20, 6, dtype=f64)[:, None]
+    # info_nce normalises (documented): raw rows give the loss of their directions
+    torch.testing.assert_close(info_nce(a * scales, b, 0.1), info_nce(F.normalize(a, dim=-1), F.normalize(b, dim=-1), 0.1))
+    # clip_loss/siglip_loss take open_clip's normalised features: raw ones raise, naming the input
+    an, bn = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+    with pytest.raises(ValueError, match=r"image_emb must be L2-normalised: its row 0 has norm"):
+        clip_loss(a, bn, 10.0)
+    with pytest.raises(ValueError, match=r"text_emb must be L2-normalised"):
+        clip_loss(an, bn * 2, 10.0)
+    with pytest.raises(ValueError, match=r"image_emb must be L2-normalised"):
+        siglip_loss(an * 0.5, bn, 10.0, -10.0)
+    with pytest.raises(ValueError, match=r"text_emb must be L2-normalised"):
+        SigLipLoss()(an, b, 10.0, -10.0)
+    with pytest.raises(ValueError, match=r"image_emb must be L2-normalised"):
+        ClipLoss()(a, bn, 10.0)
+    with pytest.raises(ValueError, match=r"y must be L2-normalised"):
+        alignment(an, b)
+    # normalised rows pass; so do unit rows rounded to bfloat16 and back
+    clip_loss(an.bfloat16().double(), bn.bfloat16().double(), 10.0)

@@ -329,3 +329,28 @@ def test_token_outputs_match_pooled_outputs():
     torch.testing.assert_close(h[torch.arange(2), eot_positions(mask)], text(ids, mask))
     cnn = SmallCNN(1, 8, (4, 6), 16)
     assert cnn.forward_tokens(img).shape == (2, 16, 6)  # 8x8 -> 4x4 map of 6 channels
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_normalised_outputs_in_low_precision_are_unit_or_zero_never_nan(dtype):
+    torch.manual_seed(0)
+    model = CLIP(small_config()).eval()
+    image, ids, mask = batch()
+    ref_img = model.encode_image(image, normalize=True)
+    ref_txt = model.encode_text(ids, mask, normalize=True)
+    low = model.to(dtype)
+    img, txt = low.encode_image(image.to(dtype), normalize=True), low.encode_text(ids, mask, normalize=True)
+    assert img.dtype == txt.dtype == dtype
+    tol = 0.01 if dtype == torch.float16 else 0.05  # the whole tower runs in low precision
+    torch.testing.assert_close(img.float(), ref_img, rtol=0, atol=tol)
+    torch.testing.assert_close(txt.float(), ref_txt, rtol=0, atol=tol)
+    torch.testing.assert_close(img.float().norm(dim=-1), torch.ones(5), rtol=0, atol=5e-3)
+    # a dead tower (a zero projection) gives zero embeddings: F.normalize made them 0/0 = NaN in float16
+    with torch.no_grad():
+        low.image_projection.weight.zero_()
+        if low.image_projection.bias is not None:
+            low.image_projection.bias.zero_()
+    out = low(image.to(dtype), ids, mask)
+    assert torch.equal(out.image_embeds, torch.zeros(5, low.config.embed_dim, dtype=dtype))
+    assert torch.isfinite(out.logits_per_image).all() and (out.logits_per_image == 0).all()
+    torch.testing.assert_close(out.text_embeds.float().norm(dim=-1), torch.ones(5), rtol=0, atol=5e-3)

@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -154,3 +155,116 @@ def test_experiment_trains_and_learned_scale_is_clamped():
     fig = T.plot_temperature_experiment(runs)
     for ax in fig.axes:
         assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel()
+
+
+# ----------------------------------------------------------------------------- the whole slider range
+
+def _reference(similarities, tau, positive):
+    """Every number of a view, from the formulas in plain Python float64 and log-space."""
+    logits = [s / tau for s in similarities]
+
+    def log_sum_exp(values):
+        m = max(values)
+        return m + math.log(math.fsum(math.exp(v - m) for v in values))
+
+    lse = log_sum_exp(logits)
+    probs = [math.exp(v - lse) for v in logits]
+    p_neg = math.fsum(p for j, p in enumerate(probs) if j != positive)  # = 1 - p_pos, without cancelling
+    grad = [-p_neg / tau if j == positive else p / tau for j, p in enumerate(probs)]
+    negatives = [v for j, v in enumerate(logits) if j != positive]
+    lse_neg = log_sum_exp(negatives)
+    share = [0.0 if j == positive else math.exp(v - lse_neg) for j, v in enumerate(logits)]
+    margins = [(s - similarities[positive]) / tau for j, s in enumerate(similarities) if j != positive]
+    if max(margins) <= 0:  # -log p_pos = log(1 + Σ e^{margin}), to full relative precision
+        loss = math.log1p(math.fsum(math.exp(d) for d in margins))
+    else:
+        loss = log_sum_exp([0.0] + margins)
+    return {"probs": probs, "loss": loss, "gradient": grad, "negative_share": share}
+
+
+def test_negative_shares_at_tiny_tau_issue_input():
+    # every p_j of a negative underflows to 0 at τ = 0.001: p_j / Σ p_k was 0/0 = nan
+    v = T.explore([0.9, -0.9, -0.8], 0.001)
+    expected = [0.0, math.exp(-100) / (1 + math.exp(-100)), 1 / (1 + math.exp(-100))]
+    assert v.negative_share.tolist() == pytest.approx(expected, rel=1e-12, abs=0)
+    assert v.negative_share[1].item() == pytest.approx(3.7e-44, rel=0.01)
+    assert v.hardest_negative == 2
+    torch.testing.assert_close(T.negative_shares([0.9, -0.9, -0.8], 0.001), v.negative_share)
+
+
+SLIDER_ROWS = [  # similarities at the ends of [-1, 1], positive best, worst, tied, and in between
+    ((1.0, -1.0, -1.0), 0), ((-1.0, 1.0, 1.0), 0), ((1.0, 1.0, 1.0), 1), ((-1.0, -1.0), 1),
+    ((0.9, -0.9, -0.8), 0), ((1.0, -1.0, 0.999), 0), ((1.0, -1.0), 0), ((-1.0, 1.0, -1.0, 0.5, -0.5), 4),
+    (SIMS, 0), (SIMS, 6),
+]
+SLIDER_TAUS = sorted({T.TAU_MIN, T.TAU_MAX, *torch.logspace(-3, 1, 41, dtype=torch.float64).tolist()})
+
+
+@pytest.mark.parametrize("row,positive", SLIDER_ROWS)
+def test_every_number_finite_and_right_over_the_slider_range(row, positive):
+    for tau in SLIDER_TAUS:
+        v = T.explore(row, tau, positive)
+        ref = _reference(row, tau, positive)
+        for name in ("probs", "gradient", "negative_share"):
+            got = getattr(v, name)
+            assert torch.isfinite(got).all(), (name, row, tau)
+            torch.testing.assert_close(got, torch.tensor(ref[name], dtype=torch.float64), rtol=1e-9, atol=1e-300,
+                                       msg=f"{name} at τ = {tau}, row {row}")
+        assert math.isfinite(v.loss) and v.loss == pytest.approx(ref["loss"], rel=1e-12, abs=1e-300)
+        assert v.probs.sum().item() == pytest.approx(1.0, abs=1e-12)
+        assert v.negative_share.sum().item() == pytest.approx(1.0, abs=1e-12) and v.negative_share[positive] == 0
+        weights = T.negative_weights(row, tau, positive)
+        assert torch.isfinite(weights).all() and (weights >= 0).all()
+    taus, losses = T.loss_curve(row, positive=positive)
+    assert taus[0] == pytest.approx(T.TAU_MIN) and taus[-1] == pytest.approx(T.TAU_MAX)
+    assert np.isfinite(losses).all()
+    assert losses.tolist() == pytest.approx([_reference(row, t, positive)["loss"] for t in taus], rel=1e-12, abs=1e-300)
+
+
+def test_plotted_numbers_finite_over_the_slider_range():
+    import warnings
+
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3)
+    for row, positive in SLIDER_ROWS[:8]:
+        curve = T.loss_curve(row, positive=positive)
+        for tau in (T.TAU_MIN, 10 ** -2.5, 0.07, 1.0, T.TAU_MAX):
+            view = T.explore(row, tau, positive)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # no "invalid value" or log-scale warnings either
+                plotted = T.draw_view(view, axes, curve)
+            assert np.isfinite(plotted["probs"]).all() and np.isfinite(plotted["weights"]).all()
+            assert np.isfinite(plotted["marker"]).all()
+            # bars are drawn in float32: the view's float64 numbers rounded once (below 1e-45 -> 0)
+            np.testing.assert_allclose(plotted["probs"], view.probs.float().numpy(), rtol=1e-6, atol=0)
+            np.testing.assert_allclose(plotted["weights"], view.gradient.abs().float().numpy(), rtol=1e-6, atol=0)
+            for ax in axes:
+                low, high = ax.get_ylim()
+                assert np.isfinite([low, high]).all() and low < high
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("row,positive", [SLIDER_ROWS[1], SLIDER_ROWS[4]])
+def test_widget_summary_at_the_slider_ends(row, positive):
+    ex = T.TemperatureExplorer(row, positive=positive)
+    for tau in (T.TAU_MIN, T.TAU_MAX):
+        ex.slider.value = tau
+        assert ex.view.temperature == pytest.approx(tau)
+        assert "nan" not in ex.summary.value.lower() and "inf" not in ex.summary.value.lower()
+        if row == (0.9, -0.9, -0.8) and tau == T.TAU_MIN:  # the issue's row: was "nan%"
+            assert "(s = -0.80) gets <b>100%</b> of the push" in ex.summary.value
+        assert ex.image.value[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_toy_clip_normalises_in_float32(dtype):
+    cfg = T.ToyConfig(num_train=64, num_val=32, num_classes=4)
+    model = T.ToyCLIP(cfg, temperature=0.2).to(dtype)
+    x = T.make_toy_data(cfg)["val"]["image"][:5].to(dtype)
+    with torch.no_grad():
+        model.image_encoder[2].weight[:] = 0  # a dead tower: zero embeddings, not NaN
+        model.image_encoder[2].bias[:] = 0
+        out = model(x, x)
+    assert (out["image_embeds"] == 0).all() and out["image_embeds"].dtype == dtype
+    torch.testing.assert_close(out["text_embeds"].float().norm(dim=-1), torch.ones(5), rtol=0, atol=1e-2)

@@ -125,7 +125,12 @@ def _step(**wrong):
         loss = F.cross_entropy(logits, labels)
         if not wrong.get("one_direction"):
             loss = (loss + F.cross_entropy(logits.T, labels)) / 2
-        if wrong.get("step_first"):
+        if wrong.get("schedule_first"):
+            optimizer.zero_grad()
+            loss.backward()
+            scheduler.step()
+            optimizer.step()
+        elif wrong.get("step_first"):
             optimizer.zero_grad()
             optimizer.step()
             loss.backward()
@@ -134,10 +139,13 @@ def _step(**wrong):
                 optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        if not wrong.get("no_schedule"):
+        if not wrong.get("no_schedule") and not wrong.get("schedule_first"):
             scheduler.step()
         if wrong.get("clamp_exp"):
             model.logit_scale.exp().clamp(1, 100)  # clamps a copy: no effect
+        elif wrong.get("clamp_100"):
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, 100)  # the bound of exp(logit_scale), used on the logarithm
         elif not wrong.get("no_clamp"):
             with torch.no_grad():
                 model.logit_scale.clamp_(0, max_logit_scale)
@@ -146,10 +154,12 @@ def _step(**wrong):
 
 
 @pytest.mark.parametrize("wrong, fragment", [
-    (dict(no_zero_grad=True), "zero_grad() is missing"),
-    (dict(no_schedule=True), "scheduler.step() is missing"),
+    (dict(no_zero_grad=True), "gradients accumulate"),
+    (dict(no_schedule=True), "schedule is never advanced"),
+    (dict(schedule_first=True), "advanced before the optimizer step"),
     (dict(no_clamp=True), "clamp is missing"),
     (dict(clamp_exp=True), "clamp is missing"),
+    (dict(clamp_100=True), "clamps at 100"),
     (dict(one_direction=True), "not symmetric"),
     (dict(unnormalised=True), "not normalised"),
     (dict(step_first=True), "never changed the parameters"),
@@ -183,6 +193,7 @@ def test_loss_floor_right_answer_and_value():
     (lambda y: torch.bincount(y)[y].float().log2().mean(), "natural log"),
     (lambda y: torch.tensor(math.log(len(y))), "chance level"),
     (lambda y: (torch.bincount(y)[y].float() - 1).clamp(min=1).log().mean(), "other same-class captions"),
+    (lambda y: torch.bincount(y)[y].float().log().sum(), "summed over the pairs"),
 ])
 def test_loss_floor_wrong_answers_are_named(wrong, fragment):
     fails_with(check_loss_floor, wrong, fragment)

@@ -243,6 +243,9 @@ def test_modality_gap_correct_passes():
     (gap_squared, "SQUARED"),
     (gap_pairs, "matching pairs"),
     (gap_cosine, "cosine distance"),
+    (lambda i, t: (F.normalize(F.normalize(i, dim=-1).mean(0), dim=0)
+                   - F.normalize(F.normalize(t, dim=-1).mean(0), dim=0)).norm(), "normalised the two centroids"),
+    (lambda i, t: (F.normalize(i, dim=0).mean(0) - F.normalize(t, dim=0).mean(0)).norm(), "wrong dimension"),
 ])
 def test_modality_gap_wrong_answers_are_named(wrong, expected):
     assert expected in _message(checks.check_modality_gap(wrong, raise_on_fail=False))

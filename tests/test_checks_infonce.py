@@ -229,6 +229,8 @@ def test_gradient_weights_accepts_correct(good):
     (lambda s, t, k: weights_ok(s, t, k) / t, "you divided by τ twice"),
     (lambda s, t, k: torch.softmax(s / t, dim=0) / t, "the positive's -1 is missing"),
     (lambda s, t, k: weights_ok(s, t, k)[:-1], "wrong shape"),
+    (lambda s, t, k: weights_ok(s, t, 0), "always goes to candidate 0"),
+    (lambda s, t, k: weights_ok(s, t, int(s.argmax())), "MOST SIMILAR"),
 ])
 def test_gradient_weights_names_mistake(bad, fragment):
     fails_with(check_gradient_weights, bad, fragment)
@@ -239,7 +241,8 @@ def test_temperature_predictions():
     assert check_temperature_predictions(1.95, 0.999).passed
     for args, fragment in [((0.0, 1.0), "limit τ → 0"), ((1 / 7, 1.0), "probability of the positive"),
                            ((math.log(6), 1.0), "log 7, not log 6"), ((math.log(7), 1 / 6), "share at large τ"),
-                           ((3.0, 1.0), "is not the limit"), ((math.log(7), 0.5), "is not the share")]:
+                           ((3.0, 1.0), "is not the limit"), ((math.log(7), 0.5), "is not the share"),
+                           ((math.log(7), 99.9), "looks like a percentage")]:
         with pytest.raises(CheckFailed, match=None) as err:
             check_temperature_predictions(*args)
         assert fragment in str(err.value), (args, str(err.value))

@@ -11,6 +11,7 @@ transpose, gradients that accumulate, a schedule that never moves, a missing cla
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Callable
 
 import torch
@@ -97,7 +98,7 @@ def reference_training_step(model, batch, optimizer, scheduler, max_logit_scale:
 
 
 def _step_variant(one_direction=False, unnormalised=False, raw_scale=False, zero_grad=True, schedule=True,
-                  clamp=True, no_update=False):
+                  clamp=True, no_update=False, schedule_first=False):
     def step(model, batch, optimizer, scheduler, max_logit_scale=MAX_LOGIT_SCALE):
         if unnormalised:
             image = model.encode_image(batch["image"])
@@ -115,8 +116,12 @@ def _step_variant(one_direction=False, unnormalised=False, raw_scale=False, zero
         loss.backward()
         if no_update:
             optimizer.zero_grad()  # e.g. zero_grad between backward and step
+        if schedule_first:
+            with warnings.catch_warnings():  # PyTorch warns about exactly this order
+                warnings.simplefilter("ignore", UserWarning)
+                scheduler.step()
         optimizer.step()
-        if schedule:
+        if schedule and not schedule_first:
             scheduler.step()
         if clamp:
             with torch.no_grad():
@@ -166,25 +171,31 @@ def check_training_step(training_step: Callable[..., Any], raise_on_fail: bool =
     reference = lambda seed: simulate_steps(reference_training_step, seed=seed)  # noqa: E731
     sim = lambda **wrong: (lambda seed: simulate_steps(_step_variant(**wrong), seed=seed))  # noqa: E731
     diagnoses = [
-        Variant(sim(no_update=True), "your step never changed the parameters: the order must be zero_grad → backward "
-                "→ step (a step before backward, or zero_grad between backward and step, leaves no gradient)",
-                "optimizer.zero_grad(); loss.backward(); optimizer.step()"),
-        Variant(sim(zero_grad=False), "gradients accumulate from one step to the next: optimizer.zero_grad() is missing",
-                "call optimizer.zero_grad() before loss.backward() in every step"),
-        Variant(sim(schedule=False), "the learning rate never changes: scheduler.step() is missing",
-                "call scheduler.step() after optimizer.step()"),
-        Variant(sim(clamp=False), "the logit scale is above ln 100 after your step: the clamp is missing (or it clamped "
-                "a copy, e.g. logit_scale.exp())", "with torch.no_grad(): model.logit_scale.clamp_(0, max_logit_scale)"),
+        Variant(sim(no_update=True), "your step never changed the parameters: when the optimizer steps, the gradients "
+                "it needs are gone or not computed yet",
+                "think about the order: clear old gradients, compute new ones, then use them"),
+        Variant(sim(zero_grad=False), "gradients accumulate from one step to the next: backward ADDS to .grad",
+                "old gradients must be cleared once in every step, before the new ones are computed"),
+        Variant(sim(schedule=False), "the learning rate never changes: the schedule is never advanced",
+                "a scheduler only moves the learning rate when you tell it a step has been taken"),
+        Variant(sim(schedule_first=True), "the schedule is advanced before the optimizer step, so every step uses the "
+                "NEXT step's learning rate (the first warm-up step is skipped)",
+                "PyTorch expects the optimizer to step first, then the scheduler"),
+        Variant(sim(clamp=False), "the logit scale is above ln 100 after your step. Two mistakes give exactly this: the "
+                "clamp is missing (or clamps a copy such as logit_scale.exp()), or it clamps at 100 — the stored value "
+                "is a logarithm, so its bound is ln 100 ≈ 4.61, which `max_logit_scale` already holds",
+                "clamp the stored parameter itself, in place and without recording gradients, using the bound you "
+                "are given"),
         Variant(sim(one_direction=True), "your loss is not symmetric: it is the image→text direction only",
-                "average the cross-entropies of logits (rows) and logits.T (columns)"),
-        Variant(sim(unnormalised=True), "the embeddings were not normalised: use the model's forward (its "
-                "image_embeds / text_embeds are unit length) or normalize=True",
-                "out = model(image=..., input_ids=..., attention_mask=...)"),
+                "CLIP's loss also asks each caption to pick its image: the columns of the logit matrix count too"),
+        Variant(sim(unnormalised=True), "the embeddings were not normalised: the logits must be scaled cosine "
+                "similarities", "the model can return unit-length embeddings for you: look at what its forward gives"),
         Variant(sim(raw_scale=True), "the stored logit_scale is a logarithm: you multiplied by log(1/τ)",
-                "multiply by model.logit_scale.exp() (or use out.logit_scale, already exponentiated)"),
+                "the multiplier is 1/τ; how do you get it back from log(1/τ)?"),
         Property(lambda fn: fn(0)["logit_scale"].item() > MAX_LOGIT_SCALE + 1e-6,
-                 "the logit scale is above ln 100 after your step: the clamp is missing or clamps the wrong thing",
-                 "with torch.no_grad(): model.logit_scale.clamp_(0, max_logit_scale)"),
+                 "the logit scale is above ln 100 after your step: the clamp is missing, clamps a copy, or uses 100 "
+                 "as the bound of a value stored as a logarithm",
+                 "clamp the stored parameter itself, in place, to [0, max_logit_scale]"),
     ]
     cases = [Case((0,), {}, "2 steps on a tiny CLIP"), Case((1,), {}, "2 steps, another seed")]
     return run_check("training_step", student, reference, cases, diagnoses, rtol=1e-4, atol=1e-6, timeout=60,
@@ -215,12 +226,14 @@ def check_loss_floor(loss_floor: Callable[..., Any], raise_on_fail: bool = True)
 
     diagnoses = [
         Variant(per_class_mean, "you averaged ln n_c over the classes; average over the pairs instead: a class with "
-                "more images has more rows in the loss", "counts[labels].log().mean()"),
+                "more images has more rows in the loss", "each pair i contributes ln of the size of ITS class"),
+        Variant(lambda y: torch.bincount(y)[y].double().log().sum(), "you summed over the pairs: the CLIP loss is a "
+                "MEAN over the batch, so its floor is too", "the loss averages over the B rows"),
         Variant(lambda y: torch.tensor(math.log(len(y) / len(torch.unique(y))), dtype=torch.float64),
                 "you used the average class size ln(B / C); the floor averages ln n_{y_i} over the pairs",
-                "count each class with torch.bincount(labels), then look up counts[labels]"),
+                "with uneven classes the mean of the logs is not the log of the mean size"),
         Variant(lambda y: torch.bincount(y)[y].double().log2().mean(), "that is in bits: the loss uses the natural log "
-                "(nats)", "use .log(), not .log2()"),
+                "(nats)", "cross-entropy in PyTorch uses the natural logarithm"),
         Variant(lambda y: (torch.bincount(y)[y].double() - 1).clamp(min=1).log().mean(),
                 "you counted only the other same-class captions: the true caption is one of the n_c equal choices",
                 "n_c includes the pair itself"),

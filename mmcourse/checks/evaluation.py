@@ -289,6 +289,13 @@ def check_modality_gap(student: Callable[..., Any], raise_on_fail: bool = True) 
         Variant(lambda i, t: (n(i) - n(t)).norm(dim=-1).mean(),
                 "you averaged the distances of matching pairs: the gap is the distance between the two centroids",
                 "first average each modality's embeddings, then take the distance"),
+        Variant(lambda i, t: (n(n(i).mean(0)) - n(n(t).mean(0))).norm(),
+                "you normalised the two centroids: the gap is measured between the means of unit vectors, which are "
+                "shorter than 1 (how much shorter says how spread out each modality is)",
+                "normalise each embedding, not the averages"),
+        Variant(lambda i, t: (F.normalize(i, dim=0).mean(0) - F.normalize(t, dim=0).mean(0)).norm(),
+                "you normalised along the wrong dimension: each EMBEDDING (a row) must have length 1, not each "
+                "coordinate (a column)", "which axis of an (N, D) tensor holds one embedding?"),
         Variant(lambda i, t: 1 - F.cosine_similarity(n(i).mean(0), n(t).mean(0), dim=0),
                 "you returned a cosine distance between the centroids: the gap is their Euclidean distance",
                 "(centroid_image - centroid_text).norm()"),

@@ -248,7 +248,13 @@ def check_info_nce_grad(grad_fn, raise_on_fail: bool = True) -> CheckResult:
 def check_gradient_weights(gradient_weights, raise_on_fail: bool = True) -> CheckResult:
     """Exercise 02.2: `gradient_weights(similarities, temperature, positive)` returns ∂L/∂s_j, shape (K,)."""
     cases = [Case((torch.tensor(temp.DEFAULT_SIMILARITIES, dtype=f64), tau, pos), {}, f"τ={tau}, positive={pos}")
-             for tau, pos in [(1.0, 0), (0.07, 0), (0.2, 2), (0.01, 1)]]
+             for tau, pos in [(1.0, 0), (0.07, 0)]]
+    # A hard negative more similar than the positive, which is neither first nor most similar: this
+    # case tells "the -1 always at 0" from "the -1 at the most similar candidate".
+    cases.append(Case((torch.tensor([0.3, 0.9, 0.55, 0.8, 0.1, -0.1, -0.4], dtype=f64), 0.2, 3), {},
+                      "τ=0.2, positive=3, a hard negative more similar than the positive"))
+    cases += [Case((torch.tensor(temp.DEFAULT_SIMILARITIES, dtype=f64), tau, pos), {}, f"τ={tau}, positive={pos}")
+              for tau, pos in [(0.2, 2), (0.01, 1)]]
 
     def p(s, t):
         return torch.softmax(s / t, dim=0)
@@ -266,7 +272,13 @@ def check_gradient_weights(gradient_weights, raise_on_fail: bool = True) -> Chec
         Variant(lambda s, t, pos: (p(s, t) - onehot(s, pos)) / t ** 2, "you divided by τ twice",
                 "p already uses s / τ; the chain rule adds one more 1/τ, not two"),
         Variant(lambda s, t, pos: p(s, t) / t, "the positive's -1 is missing: the positive must be pulled (negative gradient)",
-                "subtract 1 at the positive: (p - onehot(positive)) / τ"),
+                "the derivative of -log p_positive has an extra term at the positive itself"),
+        Variant(lambda s, t, pos: (p(s, t) - onehot(s, 0)) / t, "the -1 always goes to candidate 0: `positive` says "
+                "which candidate is the positive, and it is not always the first",
+                "use the `positive` argument where you place the -1"),
+        Variant(lambda s, t, pos: (p(s, t) - onehot(s, int(s.argmax()))) / t, "the -1 goes to the MOST SIMILAR "
+                "candidate, but the positive is the one `positive` names (a hard negative can be more similar)",
+                "use the `positive` argument where you place the -1"),
         Variant(lambda s, t, pos: (p(s * t, 1.0) - onehot(s, pos)) / t, "temperature multiplied instead of divided inside the softmax",
                 "softmax(s / τ), not softmax(s * τ)"),
     ]
@@ -291,7 +303,10 @@ def check_temperature_predictions(loss_at_large_tau: float, hardest_share_at_sma
         return finish(CheckResult(name, False, msg, "at large τ every logit s/τ → 0: what is the softmax then?"),
                       raise_on_fail)
     if compare(share, hardest_share_at_small_tau, rtol=0, atol=0.01) is not None:
-        if compare(1 / (k - 1), hardest_share_at_small_tau, rtol=0, atol=0.01) is None:
+        if compare(100 * share, hardest_share_at_small_tau, rtol=0, atol=1.0) is None:
+            msg = (f"{hardest_share_at_small_tau!r} looks like a percentage: a share is a fraction between 0 and 1 "
+                   f"(the widget shows it as a percentage)")
+        elif compare(1 / (k - 1), hardest_share_at_small_tau, rtol=0, atol=0.01) is None:
             msg = f"1/{k - 1} is the share at large τ, where the push is spread evenly over the {k - 1} negatives"
         else:
             msg = f"hardest_share_at_small_tau = {hardest_share_at_small_tau!r} is not the share at τ = 0.01"

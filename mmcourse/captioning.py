@@ -326,7 +326,6 @@ def load_captioner(dataset: str = "shapes", freeze_image_tower: bool = True, con
     else:
         from .tokenizer import default_tokenizer
         tokenizer = default_tokenizer()
-    clip = clip.cpu()
     config = config or CaptionerConfig.for_clip(clip, tokenizer)
     config = replace(config, freeze_image_tower=freeze_image_tower)
     train_config = train_config or captioner_train_config(dataset)

@@ -26,7 +26,7 @@ import hashlib
 import os
 import warnings
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import torch
 import torch.nn as nn

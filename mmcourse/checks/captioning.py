@@ -21,7 +21,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from .core import Case, CheckResult, Property, Variant, check_value, run_check
+from .core import Case, CheckResult, Variant, check_value, run_check
 
 __all__ = ["check_decoder_mask", "check_caption_loss", "check_greedy_decode", "check_beam_step",
            "check_brevity_penalty", "check_metric_choice"]

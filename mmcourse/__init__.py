@@ -13,6 +13,7 @@ uses. Each name lives in one module:
 - `train`: TrainConfig, fit, History (the course's one training loop)
 - `pretrained`: load_digits_clip, load_shapes_clip (train once, then cached)
 - `evaluate`, `analysis`: zero-shot, retrieval, probes; modality gap, occlusion maps
+- `captioning`, `decoding`, `caption_metrics`: a prefix captioner, greedy/beam/sampling, BLEU/CIDEr/CLIPScore
 - `checks`, `exercises`, `grade`, `notebooks`: the classroom tooling
 """
 from __future__ import annotations
@@ -37,6 +38,9 @@ _API = {
     "evaluate": ["build_zero_shot_classifier", "zero_shot_logits", "accuracy", "retrieval_metrics",
                  "encode_dataset", "linear_probe", "ImageClassifier"],
     "analysis": ["modality_gap", "occlusion_map", "image_text_similarity", "expected_calibration_error"],
+    "captioning": ["CaptionerConfig", "PrefixCaptioner", "caption_loss", "caption_labels", "load_captioner"],
+    "decoding": ["greedy_search", "beam_search", "sample", "Generation"],
+    "caption_metrics": ["corpus_bleu", "cider", "clip_score", "ref_clip_score", "coco_tokenize"],
 }
 _WHERE = {name: module for module, names in _API.items() for name in names}
 __all__ = sorted(_WHERE)

@@ -59,6 +59,8 @@ _CAPTION_DIAGNOSES = [
 def check_make_caption(fn: Callable[[str, int, bool], str], raise_on_fail: bool = True) -> CheckResult:
     """Check `fn(template, label, numeral) -> str`."""
     return run_check("make_caption", fn, _make_caption, _CAPTION_CASES, _CAPTION_DIAGNOSES,
+                     fallback_hint="print your caption for label 7 with numeral=True and numeral=False and compare "
+                                   "them letter by letter with 'a handwritten 7.' and 'a handwritten seven.'",
                      success="fills templates with the word or the numeral on {n} cases, label 0 included",
                      raise_on_fail=raise_on_fail)
 
@@ -108,6 +110,8 @@ def check_attention_mask(fn: Callable[[torch.Tensor, int], torch.Tensor], raise_
         return finish(CheckResult("attention_mask", False, "the values are right but the dtype is bool",
                                   ('tokenizers return attention masks as integers (0 and 1), not booleans', 'convert the dtype')), raise_on_fail)
     return run_check("attention_mask", fn, _attention_mask, _MASK_CASES, _MASK_DIAGNOSES,
+                     fallback_hint="print the token ids of one short caption next to your mask: 1 under every "
+                                   "real token, 0 under every padding id",
                      success="1 on every real token ([SOT] and [EOT] included), 0 on padding, on {n} batches",
                      raise_on_fail=raise_on_fail)
 
@@ -154,5 +158,7 @@ _POOL_DIAGNOSES = [
 def check_pool_eot(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], raise_on_fail: bool = True) -> CheckResult:
     """Check `fn(x, attention_mask) -> (B, E)`, the hidden state at each caption's [EOT]."""
     return run_check("pool_eot", fn, _pool_eot, _POOL_CASES, _POOL_DIAGNOSES,
+                     fallback_hint="for a batch of two captions of different lengths, write down by hand which "
+                                   "position of each row holds [EOT], then print what your function reads",
                      success="reads the vector at [EOT] on {n} batches, full-length and 1-token captions included",
                      raise_on_fail=raise_on_fail)

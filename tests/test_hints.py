@@ -125,3 +125,26 @@ def test_a_pass_resets_the_tiers(fresh):
 def test_a_plain_string_hint_is_one_tier(fresh):
     result = core.CheckResult("x", False, "wrong", "only hint")
     assert result.hint == "only hint" and result.more == () and "run hint()" not in result.text()
+
+
+# -- a diagnosis is named only when it reproduces the learner's output on every case ------------
+
+def _double_check(fn, diagnoses):
+    cases = [core.Case((3,), {}, "x=3"), core.Case((0,), {}, "x=0"), core.Case((-2,), {}, "x=-2")]
+    return run_check("double", fn, lambda x: 2 * x, cases, diagnoses)
+
+
+def test_a_variant_that_fits_one_case_only_is_not_named(fresh):
+    # "plus 3" equals the learner's "times 3" at x = 3, but not at x = -2: no false accusation
+    diagnoses = [Variant(lambda x: x + 3, "you added 3")]
+    with pytest.raises(CheckFailed) as info:
+        _double_check(lambda x: 3 * x, diagnoses)
+    assert "added 3" not in str(info.value) and "expected" in str(info.value)
+
+
+def test_two_mistakes_that_fit_everywhere_are_both_named(fresh):
+    diagnoses = [Variant(lambda x: 3 * x, "you multiplied by 3"), Variant(lambda x: x + x + x, "you added x three times")]
+    with pytest.raises(CheckFailed) as info:
+        _double_check(lambda x: 3 * x, diagnoses)
+    text = str(info.value)
+    assert "more than one mistake" in text and "multiplied by 3" in text and "added x three times" in text

@@ -599,21 +599,45 @@ def finish(result: CheckResult, raise_on_fail: bool = True) -> CheckResult:
 
 def diagnose(student: Callable[..., Any], case: Case, diagnoses: Sequence[Diagnosis],
              rtol: float = 1e-4, atol: float = 1e-5, timeout: float | None = DEFAULT_TIMEOUT,
-             got: Outcome | None = None) -> Diagnosis | None:
-    """The first diagnosis that explains how `student` fails on `case`, or None.
+             got: Outcome | None = None, others: Sequence[Case] = ()) -> Diagnosis | None:
+    """The diagnosis that explains how `student` fails on `case`, or None.
 
-    `got` is the student's outcome on `case` if already known (saves calling it again).
+    A known wrong answer (`Variant`) is named only when it reproduces the student's output on
+    `case` AND on every one of `others` where both run: naming a mistake the learner did not
+    make is worse than saying nothing specific. When several different mistakes reproduce it
+    everywhere, the result says so and names them all. Properties are tried in order after
+    the variants. `got` is the student's outcome on `case` if already known.
     """
     if got is None:
         got = call_safely(student, *case.args, timeout=timeout, **case.kwargs)
+    student_on: dict[int, Outcome] = {}
+
+    def reproduces(d: Variant) -> bool:
+        wrong = call_safely(d.wrong, *case.args, timeout=timeout, **case.kwargs)
+        if not (wrong.ok and compare(wrong.value, got.value, rtol, atol) is None):
+            return False
+        for k, other in enumerate(others):
+            if k not in student_on:
+                student_on[k] = call_safely(student, *other.args, timeout=timeout, **other.kwargs)
+            mine = student_on[k]
+            theirs = call_safely(d.wrong, *other.args, timeout=timeout, **other.kwargs)
+            if mine.ok and theirs.ok and compare(theirs.value, mine.value, rtol, atol) is not None:
+                return False
+        return True
+
+    found: list[Variant] = []
+    if got.ok:
+        for d in diagnoses:
+            if isinstance(d, Variant) and d.message not in {f.message for f in found} and reproduces(d):
+                found.append(d)
+    if len(found) == 1:
+        return found[0]
+    if len(found) > 1:
+        message = "more than one mistake gives exactly your output: " + "; or ".join(
+            f"({i}) {d.message}" for i, d in enumerate(found, start=1))
+        return Variant(found[0].wrong, message, found[0].hint)
     for d in diagnoses:
-        if isinstance(d, Variant):
-            if not got.ok:
-                continue
-            wrong = call_safely(d.wrong, *case.args, timeout=timeout, **case.kwargs)
-            if wrong.ok and compare(wrong.value, got.value, rtol, atol) is None:
-                return d
-        else:
+        if isinstance(d, Property):
             present = call_safely(d.test, student, timeout=timeout)
             try:
                 if present.ok and bool(present.value):
@@ -691,7 +715,8 @@ def run_check(
                     "work on a new tensor (`x = x / n`) instead of changing the caller's (`x /= n`, `x.div_(n)`)"),
                     raise_on_fail)
             continue
-        found = diagnose(student, case, diagnoses, rtol, atol, timeout, got=got)
+        others = [c for c in cases if c is not case]
+        found = diagnose(student, case, diagnoses, rtol, atol, timeout, got=got, others=others)
         if found is not None:
             return finish(CheckResult(name, False, found.message + where, found.hint), raise_on_fail)
         return finish(CheckResult(name, False, why + where, fallback_hint), raise_on_fail)

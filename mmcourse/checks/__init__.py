@@ -14,10 +14,10 @@ import importlib
 import pkgutil
 
 from .core import (CHECK_MIMETYPE, Case, CheckFailed, CheckResult, Property, Variant, call_safely,
-                   check_value, make_check, run_check)
+                   check_value, hint, make_check, run_check)
 
 __all__ = ["CHECK_MIMETYPE", "Case", "CheckFailed", "CheckResult", "Property", "Variant", "call_safely",
-           "check_value", "make_check", "run_check"]
+           "check_value", "hint", "make_check", "run_check"]
 
 
 def _check_modules() -> list[str]:

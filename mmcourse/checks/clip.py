@@ -61,19 +61,19 @@ def check_clip_logits(clip_logits: Callable[..., Any], raise_on_fail: bool = Tru
     is the model's stored parameter, log(1/τ)."""
     diagnoses = [
         Variant(_logits_with(normalize=lambda x: x), "the features were not L2-normalised: the logits must be scaled "
-                "cosine similarities", "normalise each row first: F.normalize(x, dim=-1)"),
+                "cosine similarities", ('the logits are scaled COSINE similarities', 'every row of the features must have length 1 before the product')),
         Variant(_logits_with(normalize=lambda x: F.normalize(x, dim=0)), "normalised along the wrong dimension: "
-                "each embedding (a row) must have length 1, not each column", "use F.normalize(x, dim=-1)"),
+                "each embedding (a row) must have length 1, not each column", ('each embedding is a ROW of the (B, D) features', 'which axis holds one embedding?')),
         Variant(_logits_with(scale=lambda s: s), "the stored logit_scale is a logarithm: you multiplied by log(1/τ) "
-                "instead of 1/τ", "multiply by logit_scale.exp()"),
+                "instead of 1/τ", ('the stored logit_scale is ln(1/τ); the multiplier is 1/τ', 'undo the logarithm')),
         Variant(_logits_with(scale=lambda s: 1 / s.exp()), "you divided by the logit scale: it is 1/τ, so it multiplies",
-                "logits = logit_scale.exp() * image @ text.T"),
+                ('1/τ multiplies the similarities', 'dividing by 1/τ is multiplying by τ')),
         Variant(_logits_with(scale=lambda s: 1.0), "the logit scale is missing: these are plain cosine similarities",
-                "multiply by logit_scale.exp()"),
+                ('the stored logit_scale is ln(1/τ); the multiplier is 1/τ', 'undo the logarithm')),
         Variant(_logits_with(transpose=False), "logits_per_text must be the transpose of logits_per_image "
-                "(one row per text), you returned the same matrix twice", "return logits_per_image, logits_per_image.T"),
+                "(one row per text), you returned the same matrix twice", ('logits_per_text has one ROW per text', 'the same scores, rows and columns exchanged')),
         Variant(_logits_with(swap=True), "the two matrices are swapped: logits_per_image has one row per image",
-                "return (logits_per_image, logits_per_text) in that order"),
+                ('logits_per_image has one row per image and comes first', 'check the order of the pair you return')),
     ]
     return run_check("clip_logits", clip_logits, reference_clip_logits, _logit_cases(), diagnoses,
                      success="both logit matrices match on {n} cases, with more texts than images and vice versa",
@@ -199,6 +199,10 @@ def check_training_step(training_step: Callable[..., Any], raise_on_fail: bool =
     ]
     cases = [Case((0,), {}, "2 steps on a tiny CLIP"), Case((1,), {}, "2 steps, another seed")]
     return run_check("training_step", student, reference, cases, diagnoses, rtol=1e-4, atol=1e-6, timeout=60,
+                     fallback_hint=("go through the step in order: forward, symmetric loss, clear gradients, backward, "
+                                    "optimizer, schedule, clamp — each exactly once",
+                                    "print the loss and optimizer.param_groups[0]['lr'] after each of two calls and "
+                                    "compare them with the lesson's training loop"),
                      success="same losses, parameters, logit scale and learning rate as the reference after "
                              "2 steps, on {n} runs", raise_on_fail=raise_on_fail)
 

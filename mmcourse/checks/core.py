@@ -130,20 +130,45 @@ class StudentTimeout(BaseException):
 
 @dataclass
 class CheckResult:
-    """What a check found."""
+    """What a check found.
+
+    Hints come in tiers: `hint` names the idea, each of `more` gets closer (never the fixing
+    line itself). A diagnosis may give its hint as a tuple of tiers; the first becomes `hint`.
+    `level` is how many tiers are shown: it grows when the same mistake fails again, or when the
+    learner asks with `hint()`.
+    """
 
     name: str
     passed: bool
     message: str
-    hint: str = ""
+    hint: str | tuple[str, ...] = ""
+    more: tuple[str, ...] = ()
+    level: int = 1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.hint, (tuple, list)):
+            tiers = [h for h in self.hint if h]
+            self.hint = tiers[0] if tiers else ""
+            self.more = tuple(tiers[1:]) + tuple(self.more)
+
+    def hints(self) -> list[str]:
+        """The tiers shown at the current level."""
+        return ([self.hint] if self.hint else []) + list(self.more[:max(self.level - 1, 0)])
 
     def text(self) -> str:
         mark = "✓" if self.passed else "✗"
-        head = f"{mark} {self.name}: {self.message}"
-        return head + (f"\n  Hint: {self.hint}" if self.hint else "")
+        lines = [f"{mark} {self.name}: {self.message}"]
+        for i, h in enumerate(self.hints(), start=1):
+            lines.append(f"  Hint{'' if i == 1 else f' {i}'}: {h}")
+        if not self.passed and len(self.more) >= self.level:
+            lines.append("  (stuck? run hint() for a closer hint)")
+        return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "passed": self.passed, "message": self.message, "hint": self.hint}
+        record = {"name": self.name, "passed": self.passed, "message": self.message, "hint": self.hint}
+        if self.more:
+            record["more_hints"] = list(self.more)
+        return record
 
     def __str__(self) -> str:
         return self.text()
@@ -168,11 +193,12 @@ class Case:
 @dataclass
 class Variant:
     """A known wrong answer: if the student's output equals `wrong(*args, **kwargs)` on the
-    failing case, the student most likely made this mistake."""
+    failing case, the student most likely made this mistake. `hint`: one string, or a tuple of
+    tiers (the idea first, then closer; never the fixing line)."""
 
     wrong: Callable[..., Any]
     message: str
-    hint: str = ""
+    hint: str | tuple[str, ...] = ""
 
 
 @dataclass
@@ -182,7 +208,7 @@ class Property:
 
     test: Callable[[Callable[..., Any]], bool]
     message: str
-    hint: str = ""
+    hint: str | tuple[str, ...] = ""
 
 
 Diagnosis = Variant | Property
@@ -518,11 +544,48 @@ def publish(result: CheckResult) -> None:
     print(result.text())
 
 
+# Tiered hints: how often each (check, message) failed in this session, and the last failure.
+_FAILURES: dict[tuple[str, str], int] = {}
+_LAST_FAILURE: dict[str, CheckResult | None] = {"result": None}
+
+
+def hint(level: int | None = None) -> CheckResult | None:
+    """Show a closer hint for the last failed check of this session.
+
+    Args:
+        level: the tier to show up to (default: one more than shown so far).
+
+    Returns:
+        The last failed `CheckResult` (None if no check has failed yet).
+    """
+    result = _LAST_FAILURE["result"]
+    if result is None:
+        print("no check has failed yet in this session: nothing to hint at")
+        return None
+    most = 1 + len(result.more)
+    result.level = min(most, level if level is not None else result.level + 1)
+    lines = [f"{result.name}: {result.message}"]
+    lines += [f"  Hint{'' if i == 1 else f' {i}'}: {h}" for i, h in enumerate(result.hints(), start=1)]
+    if result.level >= most:
+        lines.append("  (that is the closest hint there is: compare it with your code line by line)")
+    print("\n".join(lines))
+    return result
+
+
 def finish(result: CheckResult, raise_on_fail: bool = True) -> CheckResult:
-    """Publish a result; raise `CheckFailed` if it failed (and `raise_on_fail`)."""
+    """Publish a result; raise `CheckFailed` if it failed (and `raise_on_fail`).
+
+    A failure that repeats the previous one (same check, same message) shows one more hint tier.
+    """
     if result.passed:
+        for key in [k for k in _FAILURES if k[0] == result.name]:  # solved: start afresh next time
+            del _FAILURES[key]
         publish(result)
         return result
+    key = (result.name, result.message)
+    _FAILURES[key] = _FAILURES.get(key, 0) + 1
+    result.level = min(1 + len(result.more), _FAILURES[key])
+    _LAST_FAILURE["result"] = result
     # On failure the message travels with the exception (rendered without traceback);
     # publishing it too would print it twice. The grader reads it from the error output.
     if raise_on_fail:
@@ -536,21 +599,45 @@ def finish(result: CheckResult, raise_on_fail: bool = True) -> CheckResult:
 
 def diagnose(student: Callable[..., Any], case: Case, diagnoses: Sequence[Diagnosis],
              rtol: float = 1e-4, atol: float = 1e-5, timeout: float | None = DEFAULT_TIMEOUT,
-             got: Outcome | None = None) -> Diagnosis | None:
-    """The first diagnosis that explains how `student` fails on `case`, or None.
+             got: Outcome | None = None, others: Sequence[Case] = ()) -> Diagnosis | None:
+    """The diagnosis that explains how `student` fails on `case`, or None.
 
-    `got` is the student's outcome on `case` if already known (saves calling it again).
+    A known wrong answer (`Variant`) is named only when it reproduces the student's output on
+    `case` AND on every one of `others` where both run: naming a mistake the learner did not
+    make is worse than saying nothing specific. When several different mistakes reproduce it
+    everywhere, the result says so and names them all. Properties are tried in order after
+    the variants. `got` is the student's outcome on `case` if already known.
     """
     if got is None:
         got = call_safely(student, *case.args, timeout=timeout, **case.kwargs)
+    student_on: dict[int, Outcome] = {}
+
+    def reproduces(d: Variant) -> bool:
+        wrong = call_safely(d.wrong, *case.args, timeout=timeout, **case.kwargs)
+        if not (wrong.ok and compare(wrong.value, got.value, rtol, atol) is None):
+            return False
+        for k, other in enumerate(others):
+            if k not in student_on:
+                student_on[k] = call_safely(student, *other.args, timeout=timeout, **other.kwargs)
+            mine = student_on[k]
+            theirs = call_safely(d.wrong, *other.args, timeout=timeout, **other.kwargs)
+            if mine.ok and theirs.ok and compare(theirs.value, mine.value, rtol, atol) is not None:
+                return False
+        return True
+
+    found: list[Variant] = []
+    if got.ok:
+        for d in diagnoses:
+            if isinstance(d, Variant) and d.message not in {f.message for f in found} and reproduces(d):
+                found.append(d)
+    if len(found) == 1:
+        return found[0]
+    if len(found) > 1:
+        message = "more than one mistake gives exactly your output: " + "; or ".join(
+            f"({i}) {d.message}" for i, d in enumerate(found, start=1))
+        return Variant(found[0].wrong, message, found[0].hint)
     for d in diagnoses:
-        if isinstance(d, Variant):
-            if not got.ok:
-                continue
-            wrong = call_safely(d.wrong, *case.args, timeout=timeout, **case.kwargs)
-            if wrong.ok and compare(wrong.value, got.value, rtol, atol) is None:
-                return d
-        else:
+        if isinstance(d, Property):
             present = call_safely(d.test, student, timeout=timeout)
             try:
                 if present.ok and bool(present.value):
@@ -572,6 +659,7 @@ def run_check(
     timeout: float | None = DEFAULT_TIMEOUT,
     raise_on_fail: bool = True,
     allow_mutation: bool = False,
+    fallback_hint: str | tuple[str, ...] = "compare your code with the formula above, one term at a time",
 ) -> CheckResult:
     """Run `student` on every case and compare with `reference`.
 
@@ -587,6 +675,8 @@ def run_check(
         timeout: seconds allowed per call of student code (None: no limit).
         raise_on_fail: raise `CheckFailed` on failure (the default in notebooks).
         allow_mutation: accept a function that changes its input tensors in place.
+        fallback_hint: the hint when the answer is wrong in a way no diagnosis names (say
+            something true for this exercise: not every exercise has a formula above it).
 
     Returns:
         The `CheckResult` (also published).
@@ -625,11 +715,11 @@ def run_check(
                     "work on a new tensor (`x = x / n`) instead of changing the caller's (`x /= n`, `x.div_(n)`)"),
                     raise_on_fail)
             continue
-        found = diagnose(student, case, diagnoses, rtol, atol, timeout, got=got)
+        others = [c for c in cases if c is not case]
+        found = diagnose(student, case, diagnoses, rtol, atol, timeout, got=got, others=others)
         if found is not None:
             return finish(CheckResult(name, False, found.message + where, found.hint), raise_on_fail)
-        return finish(CheckResult(name, False, why + where,
-                                  "compare your code with the formula above, one term at a time"), raise_on_fail)
+        return finish(CheckResult(name, False, why + where, fallback_hint), raise_on_fail)
     return finish(CheckResult(name, True, success.format(n=len(cases))), raise_on_fail)
 
 

@@ -39,26 +39,28 @@ _CAPTION_CASES = [
 _CAPTION_DIAGNOSES = [
     Property(lambda fn: _is(fn, (_T, 7, False), "a handwritten 7.") and _is(fn, (_T, 7, True), "a handwritten seven."),
              "the numeral and the word are swapped: numeral=True must give '7', numeral=False 'seven'",
-             "use meta.DIGIT_NUMERALS[label] when numeral is True, else meta.DIGIT_CLASSNAMES[label]"),
+             ("the numeral is the digit written with a figure ('7'), the word is the spelled-out name ('seven')", 'two lists in zero_shot_metadata hold the two spellings: which one does numeral=True ask for?')),
     Property(lambda fn: _is(fn, (_T, 7, False), "a handwritten seven.") and _is(fn, (_T, 7, True), "a handwritten seven."),
              "`numeral` is ignored: the caption always uses the word",
-             "numeral=True must give the numeral, e.g. 'a handwritten 7.'"),
+             ('the `numeral` argument chooses between two spellings of the class', 'look at what you do when numeral is True')),
     Property(lambda fn: _is(fn, (_T, 7, False), "a handwritten 7.") and _is(fn, (_T, 7, True), "a handwritten 7."),
              "`numeral` is ignored: the caption always uses the numeral",
-             "numeral=False must give the word, e.g. 'a handwritten seven.'"),
+             ('the `numeral` argument chooses between two spellings of the class', 'look at what you do when numeral is False')),
     Property(lambda fn: _is(fn, (_T, 7, False), "a handwritten six.") or _is(fn, (_T, 7, False), "a handwritten eight."),
              "the class name is off by one",
-             "DIGIT_CLASSNAMES[0] is 'zero': index it with the label itself"),
+             ('the class names list starts at zero', "label 7 must pick the name 'seven': check which index you use")),
     Property(lambda fn: _is(fn, (_T, 7, False), _T + " seven") or _is(fn, (_T, 7, False), _T + "seven")
              or _is(fn, (_T, 7, False), "seven " + _T),
              "the name is glued to the template instead of filling its `{}`",
-             "use template.format(name)"),
+             ('a template has a `{}` placeholder where the name goes', 'Python strings have a method that fills placeholders')),
 ]
 
 
 def check_make_caption(fn: Callable[[str, int, bool], str], raise_on_fail: bool = True) -> CheckResult:
     """Check `fn(template, label, numeral) -> str`."""
     return run_check("make_caption", fn, _make_caption, _CAPTION_CASES, _CAPTION_DIAGNOSES,
+                     fallback_hint="print your caption for label 7 with numeral=True and numeral=False and compare "
+                                   "them letter by letter with 'a handwritten 7.' and 'a handwritten seven.'",
                      success="fills templates with the word or the numeral on {n} cases, label 0 included",
                      raise_on_fail=raise_on_fail)
 
@@ -87,12 +89,13 @@ _MASK_CASES = [
 ]
 _MASK_DIAGNOSES = [
     Variant(lambda ids, pad: (ids == pad).long(), "the mask is inverted",
-            "1 marks a real token, 0 marks padding: compare with `!=`"),
+            ('1 marks a real token, 0 marks padding', 'which comparison with the pad id is True on real tokens?')),
     Variant(lambda ids, pad: torch.ones_like(ids), "every position is marked 1, padding included",
             "positions holding pad_token_id must be 0"),
-    Variant(lambda ids, pad: ((ids != pad) & (ids != _SOT) & (ids != _EOT)).long(),
-            "[SOT] and [EOT] are marked 0, but they are real tokens",
-            "only padding gets 0; the text encoder even reads its summary at [EOT]"),
+    Property(lambda fn: bool((torch.as_tensor(fn(_IDS, 0))[(_IDS == _SOT) | (_IDS == _EOT)] == 0).all()),
+             "[SOT] and [EOT] are marked 0, but they are real tokens",
+             ("only padding gets 0; the text encoder even reads its summary at [EOT]",
+              "which ids does your mask test? Only the pad id decides")),
     Variant(lambda ids, pad: (ids != 0).long(), "padding is found by comparing with 0 instead of pad_token_id",
             "use the pad_token_id argument: not every tokenizer pads with id 0"),
     Variant(lambda ids, pad: (ids > pad).long(), "`ids > pad_token_id` misses tokens whose id is below the pad id",
@@ -106,8 +109,10 @@ def check_attention_mask(fn: Callable[[torch.Tensor, int], torch.Tensor], raise_
     if got.ok and isinstance(got.value, torch.Tensor) and got.value.dtype == torch.bool \
             and torch.equal(got.value, _IDS != 0):
         return finish(CheckResult("attention_mask", False, "the values are right but the dtype is bool",
-                                  "return a LongTensor of 0s and 1s, as tokenizers do: `.long()`"), raise_on_fail)
+                                  ('tokenizers return attention masks as integers (0 and 1), not booleans', 'convert the dtype')), raise_on_fail)
     return run_check("attention_mask", fn, _attention_mask, _MASK_CASES, _MASK_DIAGNOSES,
+                     fallback_hint="print the token ids of one short caption next to your mask: 1 under every "
+                                   "real token, 0 under every padding id",
                      success="1 on every real token ([SOT] and [EOT] included), 0 on padding, on {n} batches",
                      raise_on_fail=raise_on_fail)
 
@@ -136,23 +141,25 @@ _POOL_CASES = [
 ]
 _POOL_DIAGNOSES = [
     Variant(lambda x, m: x[:, -1], "takes the last position, which is padding for short captions",
-            "[EOT] is the last REAL token: position attention_mask.sum(-1) - 1"),
+            ('[EOT] is the last REAL token, and padding follows it', 'how many real tokens does row b have, and where is the last one?')),
     Variant(lambda x, m: x[:, 0], "takes the first position ([SOT]), which with causal attention has seen nothing",
             "read the vector at [EOT], the last real token"),
     Variant(lambda x, m: x[torch.arange(x.shape[0]), m.sum(-1).clamp(max=x.shape[1] - 1)],
             "one position too far: attention_mask.sum(-1) is the first padding position",
-            "subtract 1: the last real token sits at attention_mask.sum(-1) - 1"),
+            ('counting the real tokens gives the position AFTER the last one', 'positions start at 0')),
     Variant(_real_mean, "averages the real tokens (mean pooling) instead of reading the one at [EOT]",
-            "CLIP keeps a single vector per caption: x[b, eot_b]"),
+            ('CLIP keeps a single vector per caption: the one at [EOT], not an average', 'index one position per row')),
     Variant(lambda x, m: x.mean(1), "averages over every position, padding included",
-            "CLIP keeps a single vector per caption: x[b, eot_b]"),
+            ('CLIP keeps a single vector per caption: the one at [EOT], not an average', 'index one position per row')),
     Variant(lambda x, m: x[:, m.sum(-1) - 1], "pairs every caption with every caption's [EOT] position (a (B, B, E) result)",
-            "index rows and positions together: x[torch.arange(B), positions]"),
+            ('you need ONE position per caption, paired with its own row', 'advanced indexing pairs index tensors element by element')),
 ]
 
 
 def check_pool_eot(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], raise_on_fail: bool = True) -> CheckResult:
     """Check `fn(x, attention_mask) -> (B, E)`, the hidden state at each caption's [EOT]."""
     return run_check("pool_eot", fn, _pool_eot, _POOL_CASES, _POOL_DIAGNOSES,
+                     fallback_hint="for a batch of two captions of different lengths, write down by hand which "
+                                   "position of each row holds [EOT], then print what your function reads",
                      success="reads the vector at [EOT] on {n} batches, full-length and 1-token captions included",
                      raise_on_fail=raise_on_fail)

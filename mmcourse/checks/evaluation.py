@@ -113,18 +113,17 @@ def check_zero_shot_classifier(student: Callable[..., Any], raise_on_fail: bool 
     ]
     diagnoses = [
         Variant(_transposed, "you returned a (C, D) matrix: the classifier is (D, C), one column per class",
-                "stack the class embeddings along dim=1 (or transpose), so `image_emb @ classifier` is (N, C)"),
+                ('the classifier is (D, C), one COLUMN per class, so that image_emb @ classifier is (N, C)', 'check the shape you return')),
         Variant(_first_template, "only the first template is used: the classifier must average over all templates",
-                "embed every template filled with the class name, then take the mean over templates"),
+                ('prompt ensembling averages over ALL templates', 'look at how many templates your loop uses')),
         Variant(_no_template_norm, "you averaged the raw text embeddings: normalise each template's embedding "
-                "BEFORE taking the mean", "long or unusual templates have larger norms and would dominate the "
-                "average; use F.normalize(emb, dim=-1) first"),
+                "BEFORE taking the mean", ('long or unusual templates have larger norms and would dominate the average', "normalise each template's embedding before the mean")),
         Variant(_no_renorm, "the columns are not unit length: normalise again AFTER averaging over templates",
-                "the mean of unit vectors is shorter than 1; divide it by its norm"),
+                ('the mean of unit vectors is shorter than 1', 'a class vector must have length 1 again after the average')),
         Variant(_no_norm_at_all, "no normalisation at all: normalise each template embedding, average, normalise again",
-                "cosine similarity needs unit vectors"),
+                ('cosine similarity needs unit vectors: before the average AND after it', 'two normalisations, one on each side of the mean')),
         Variant(_renorm_wrong_dim, "you normalised along the wrong dimension: each CLASS embedding (column) "
-                "must have length 1", "F.normalize(mean, dim=-1) on the (C, D) class embeddings"),
+                "must have length 1", ('each class embedding must have length 1', "which axis of the (C, D) tensor holds one class's vector?")),
         Property(_columns_not_unit, "the columns of your classifier do not have length 1",
                  "normalise every class embedding after the average"),
     ]
@@ -172,13 +171,13 @@ _RECALL_VARIANTS = [
      "with 1-based ranks, R@1 counts rank 1"),
     (lambda s, k: (_rank_strict(s) < k).float().mean().item(),
      "ties: you counted only captions scoring strictly higher, so a tie always goes to the correct caption",
-     "tied captions with a LOWER index come first (a stable sort: torch.argsort(..., stable=True))"),
+     ('tied captions with a LOWER index come first', 'a stable sort keeps tied items in their original order')),
     (lambda s, k: (_rank_non_strict(s) < k).float().mean().item(),
      "ties: you counted every caption scoring >= the correct one, so a tie always goes against it",
-     "tied captions with a LOWER index come first (a stable sort: torch.argsort(..., stable=True))"),
+     ('tied captions with a LOWER index come first', 'a stable sort keeps tied items in their original order')),
     (lambda s, k: torch.tensor([i in s[i].topk(k).indices.tolist() for i in range(s.shape[0])]).float().mean().item(),
      "ties: torch.topk picks among tied scores in no fixed order",
-     "rank with torch.argsort(row, descending=True, stable=True) so ties go to the lower index"),
+     ('torch.topk picks among equal scores in no fixed order', 'a STABLE sort keeps tied captions in index order')),
 ]
 
 
@@ -280,12 +279,12 @@ def check_modality_gap(student: Callable[..., Any], raise_on_fail: bool = True) 
     diagnoses = [
         Variant(lambda i, t: n(i).mean(0) - n(t).mean(0),
                 "you returned the gap vector: the modality gap is its length (a single number)",
-                "take .norm() of the difference of the centroids"),
+                ('the modality gap is a length, a single number', 'the length of the difference of the two centroids')),
         Variant(lambda i, t: (i.mean(0) - t.mean(0)).norm(),
                 "you did not L2-normalise the embeddings first: CLIP compares them on the unit sphere",
-                "F.normalize(x, dim=-1) before taking the means"),
+                ('CLIP compares embeddings on the unit sphere', 'normalise each embedding before the centroids')),
         Variant(lambda i, t: (n(i).mean(0) - n(t).mean(0)).pow(2).sum(),
-                "you returned the SQUARED distance between the centroids", "take the square root (.norm())"),
+                "you returned the SQUARED distance between the centroids", ('a distance is the square root of the squared distance', 'the Euclidean norm')),
         Variant(lambda i, t: (n(i) - n(t)).norm(dim=-1).mean(),
                 "you averaged the distances of matching pairs: the gap is the distance between the two centroids",
                 "first average each modality's embeddings, then take the distance"),
@@ -298,8 +297,12 @@ def check_modality_gap(student: Callable[..., Any], raise_on_fail: bool = True) 
                 "coordinate (a column)", "which axis of an (N, D) tensor holds one embedding?"),
         Variant(lambda i, t: 1 - F.cosine_similarity(n(i).mean(0), n(t).mean(0), dim=0),
                 "you returned a cosine distance between the centroids: the gap is their Euclidean distance",
-                "(centroid_image - centroid_text).norm()"),
+                ('the gap is a Euclidean distance', 'the length of the difference of the two centroids')),
     ]
     return run_check("modality_gap", student, _reference_gap, _gap_cases(), diagnoses,
+                     fallback_hint=("work it out on paper for two images and two texts in 2-D, then print your "
+                                    "function's intermediate results on the same input",
+                                    "three steps: unit vectors, one centroid per modality, the length of their "
+                                    "difference"),
                      success="equals mmcourse.analysis.modality_gap on {n} cases, including unequal counts",
                      raise_on_fail=raise_on_fail)

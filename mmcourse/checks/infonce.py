@@ -56,23 +56,23 @@ def _info_nce_variants():
                 "you divided by τ twice", "divide the similarities by τ once (look for a second `/ temperature`)"),
         Variant(lambda z, z_pos, temperature=0.07: _one_dir(z, z_pos, lambda a, b: a @ b.T / temperature),
                 "not normalised (the loss changes when you scale the inputs)",
-                "sim is the cosine similarity: L2-normalise z and z_pos first (F.normalize(x, dim=-1))"),
+                ('sim is the COSINE similarity: it must not change when a vector gets longer', 'scale every row of z and z_pos to length 1 before the dot products (torch.nn.functional has a function for it)')),
         Variant(lambda z, z_pos, temperature=0.07: _one_dir(z, z_pos, lambda a, b: cos(a, b) / temperature, "sum"),
                 "returns a sum, not a mean", "the formula has 1/N in front: average over the N anchors"),
         Variant(lambda z, z_pos, temperature=0.07: _one_dir(z, z_pos, lambda a, b: cos(a, b) / temperature, "none"),
                 "wrong shape returned: one loss per anchor, shape (N,), instead of their mean (a scalar)",
-                "average the per-anchor losses with .mean()"),
+                ('the formula returns one number: the 1/N Σ over anchors', 'reduce the (N,) per-anchor losses to their average')),
         Variant(lambda z, z_pos, temperature=0.07: _one_dir(z, z_pos, lambda a, b: cos(a, b) / temperature,
                                                             labels_fn=lambda n: torch.zeros(n, dtype=torch.long)),
                 "labels off the diagonal: every row used column 0 as its positive",
-                "the positive of row i is column i: labels = torch.arange(N)"),
+                ('the positive of anchor i is z_i+, which sits in column i of the similarity matrix', 'the target class of row i is the number i: 0, 1, ..., N-1')),
         Variant(lambda z, z_pos, temperature=0.07: _one_dir(z, z_pos, lambda a, b: cos(a, b) / temperature,
                                                             labels_fn=lambda n: torch.arange(n).flip(0)),
                 "labels off the diagonal: you used the anti-diagonal",
-                "the positive of row i is column i: labels = torch.arange(N)"),
+                ('the positive of anchor i is z_i+, which sits in column i of the similarity matrix', 'the target class of row i is the number i: 0, 1, ..., N-1')),
         Variant(lambda z, z_pos, temperature=0.07: _ce((_unit(z) @ _unit(z_pos).T / temperature).T),
                 "softmax over the wrong axis: each column (not each row) was normalised",
-                "each anchor z_i picks among all z_j+: the softmax runs along dim=1 of z @ z_pos.T"),
+                ('each anchor z_i picks among all z_j+: one softmax per ROW of the similarity matrix', 'which dimension of the (N, N) matrix indexes the candidates of one anchor?')),
         # Properties test one feature each, so they still name a mistake when two are combined.
         Property(lambda fn: _near(_on_identical(fn, 4), 4 * math.log(4)),
                  "returns a sum, not a mean", "the formula has 1/N in front: average over the N anchors"),
@@ -80,10 +80,10 @@ def _info_nce_variants():
                  "on well-aligned pairs", "the logits are similarity / τ"),
         Property(lambda fn: _not_scale_invariant(fn),
                  "not normalised (the loss changes when you scale the inputs)",
-                 "use the cosine similarity: F.normalize(x, dim=-1) before the dot product"),
+                 ('sim is the COSINE similarity: it must not change when a vector gets longer', 'scale every row of z and z_pos to length 1 before the dot products (torch.nn.functional has a function for it)')),
         Property(lambda fn: _result_shape(fn) not in (None, ()),
                  "wrong shape returned: the loss must be a scalar (shape ())",
-                 "reduce the per-anchor losses with .mean()"),
+                 ('the formula returns one number: the 1/N Σ over anchors', 'reduce the (N,) per-anchor losses to their average')),
     ]
 
 
@@ -148,7 +148,7 @@ def check_info_nce_naive(info_nce, raise_on_fail: bool = True) -> CheckResult:
 def check_info_nce(info_nce, raise_on_fail: bool = True) -> CheckResult:
     """Exercise 01.3: InfoNCE that stays finite down to τ = 0.001 in float32."""
     diagnoses = [Property(_unstable, "not stable at τ=0.01: exp(sim/τ) overflows; use logsumexp",
-                          "log(exp(x_i) / Σ_j exp(x_j)) = x_i - torch.logsumexp(x, dim=1), or F.cross_entropy")]
+                          ("never compute exp(sim/τ) itself: at τ = 0.01 it exceeds float32's range; work with logarithms throughout", 'log(e^{x_i} / Σ_j e^{x_j}) = x_i − log Σ_j e^{x_j}, and torch has a stable function for the last term (F.cross_entropy uses it too)'))]
     diagnoses += _info_nce_variants()
     return run_check("info_nce (stable)", info_nce, losses.info_nce, _info_nce_cases(stable=True), diagnoses,
                      success="matches mmcourse.losses.info_nce on {n} cases, finite at τ=0.01 and τ=0.001 in float32",
@@ -179,18 +179,18 @@ def check_clip_loss(clip_loss, raise_on_fail: bool = True) -> CheckResult:
 
     diagnoses = [
         Variant(lambda i, t, s: _ce(s * i @ t.T), "your loss is not symmetric: it is the image→text direction only",
-                "average the two cross-entropies: image→text (rows) and text→image (columns)"),
+                ("CLIP's loss is symmetric: images choose captions AND captions choose images", 'the second direction reads the same logit matrix by columns')),
         Variant(lambda i, t, s: _ce(s * t @ i.T), "your loss is not symmetric: it is the text→image direction only",
-                "average the two cross-entropies: image→text (rows) and text→image (columns)"),
+                ("CLIP's loss is symmetric: images choose captions AND captions choose images", 'the second direction reads the same logit matrix by columns')),
         Variant(lambda i, t, s: _ce(s * i @ t.T) + _ce(s * t @ i.T), "you added the two directions instead of averaging",
                 "divide the sum of the two cross-entropies by 2"),
         Variant(lambda i, t, s: (_ce(i @ t.T / s) + _ce(t @ i.T / s)) / 2,
-                "you divided by logit_scale: it is 1/τ, so it multiplies the similarities", "logits = logit_scale * image_emb @ text_emb.T"),
+                "you divided by logit_scale: it is 1/τ, so it multiplies the similarities", ('logit_scale is 1/τ, so it multiplies the similarities', 'dividing by 1/τ is multiplying by τ: the opposite of what the temperature does')),
         Variant(lambda i, t, s: (_ce(math.exp(s) * i @ t.T) + _ce(math.exp(s) * t @ i.T)) / 2,
                 "you exponentiated logit_scale again: it is passed already exponentiated (1/τ)",
                 "use logit_scale as it is"),
         Variant(lambda i, t, s: (_ce(i @ t.T) + _ce(t @ i.T)) / 2, "logit_scale is ignored",
-                "multiply the similarities by logit_scale"),
+                ('the logits are scaled cosine similarities', 'where does 1/τ enter the formula?')),
         Variant(lambda i, t, s: (F.cross_entropy(s * i @ t.T, torch.arange(len(i)), reduction="sum")
                                  + F.cross_entropy(s * t @ i.T, torch.arange(len(i)), reduction="sum")) / 2,
                 "returns a sum, not a mean", "average over the N pairs in each direction"),

@@ -176,6 +176,8 @@ def check_patchify(patchify, raise_on_fail: bool = True) -> CheckResult:
                 "(out, C, p, p), so flatten channel first", "compare the order of your axes with Conv2d's weight"),
     ]
     return run_check("patchify", patchify, _reference_patchify, _patchify_cases(), diagnoses,
+                     fallback_hint="try a 1x1x4x4 image holding 0..15 with patch 2: the first patch must be "
+                                   "[0, 1, 4, 5]",
                      success="the patches of {n} batches in the convolution's order: a linear layer on them "
                              "equals TinyViT's patch embedding", raise_on_fail=raise_on_fail)
 
@@ -308,6 +310,7 @@ def check_caption_ranks(caption_ranks, raise_on_fail: bool = True) -> CheckResul
                 "tied captions with a lower index come first (a stable sort)"),
     ]
     return run_check("caption_ranks", caption_ranks, _reference_caption_ranks, _caption_cases(), diagnoses,
+                     fallback_hint="rank one image's row by hand for 2 images and 4 captions, then compare",
                      success="each image's best caption rank on {n} cases (grouped, shuffled and tied captions); "
                              "R@k = (ranks < k).mean()", raise_on_fail=raise_on_fail)
 
@@ -338,6 +341,7 @@ def check_rank_summary(rank_summary, raise_on_fail: bool = True) -> CheckResult:
                 "swapped", "return (mean_rank, median_rank) in that order"),
     ]
     return run_check("rank_summary", rank_summary, _reference_rank_summary, cases, diagnoses,
+                     fallback_hint="open_clip: mean of (ranks + 1), and floor(median(ranks)) + 1",
                      success="mean and median rank as open_clip reports them on {n} cases, even counts included",
                      raise_on_fail=raise_on_fail)
 

@@ -12,6 +12,7 @@ uses. Each name lives in one module:
 - `train`: TrainConfig, fit, History (the course's one training loop)
 - `pretrained`: load_digits_clip, load_shapes_clip (train once, then cached)
 - `evaluate`, `analysis`: zero-shot, retrieval, probes; modality gap, occlusion maps
+- `hf`, `pretrained_text`: the CLIP as a transformers `CLIPModel`; a locked pre-trained text tower
 - `checks`, `exercises`, `grade`, `notebooks`: the classroom tooling
 """
 from __future__ import annotations
@@ -35,6 +36,9 @@ _API = {
     "evaluate": ["build_zero_shot_classifier", "zero_shot_logits", "accuracy", "retrieval_metrics",
                  "encode_dataset", "linear_probe", "ImageClassifier"],
     "analysis": ["modality_gap", "occlusion_map", "image_text_similarity", "expected_calibration_error"],
+    "hf": ["HFCLIPAdapter", "hf_clip_config", "build_hf_clip", "save_hf_clip", "load_hf_clip", "load_digits_hf_clip"],
+    "pretrained_text": ["PretrainedTextEncoder", "LockedTextCLIP", "mean_pool", "load_minilm", "load_digits_locked_clip",
+                        "load_shapes_locked_clip"],
 }
 _WHERE = {name: module for module, names in _API.items() for name in names}
 __all__ = sorted(_WHERE)

@@ -136,9 +136,11 @@ class HFCLIPAdapter(nn.Module):
 
     @property
     def config(self):
+        """The wrapped model's `transformers.CLIPConfig`."""
         return self.model.config
 
     def num_parameters(self) -> int:
+        """Number of parameters (all of them train)."""
         return sum(p.numel() for p in self.parameters())
 
     def _check_image(self, image: torch.Tensor) -> None:

@@ -215,3 +215,45 @@ def test_the_pretrained_extra_is_installed_everywhere():
     assert extra and all(req in pip for req in extra), (extra, pip)
     makefile = (ROOT / "Makefile").read_text()
     assert '-e ".[pretrained]"' in makefile and '-e ".[dev,pretrained]"' in makefile
+
+
+def _tiny_bert():
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    return BertModel(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                intermediate_size=16, max_position_embeddings=16))
+
+
+def test_unlocked_encoder_trains_like_any_module():
+    """`locked=False` (lesson 11's exercise): gradients, train mode, weights in the state dict, no memory."""
+    from mmcourse.pretrained_text import PretrainedTextEncoder
+
+    encoder = PretrainedTextEncoder(_tiny_bert(), locked=False)
+    assert all(p.requires_grad for p in encoder.parameters())
+    encoder.train()
+    assert encoder.training and encoder.bert.training
+    assert any(k.startswith("bert.") for k in encoder.state_dict())
+    ids, mask = torch.tensor([[1, 5, 7, 2], [1, 9, 2, 0]]), torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+    encoder.eval()
+    out = encoder(ids, mask)
+    assert out.requires_grad and not encoder._memo
+    out.sum().backward()
+    assert encoder.bert.embeddings.word_embeddings.weight.grad is not None
+
+
+def test_locked_encoder_on_a_tiny_bert_pools_the_real_tokens():
+    """Without the package: the encoder is BERT -> mean over real tokens -> unit length, and a
+    locked state dict round-trips through a fresh model."""
+    from mmcourse.pretrained_text import PretrainedTextEncoder
+
+    bert = _tiny_bert()
+    encoder = PretrainedTextEncoder(bert, locked=True)
+    ids, mask = torch.tensor([[1, 5, 7, 2], [1, 9, 2, 0]]), torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+    with torch.no_grad():
+        hidden = bert(input_ids=ids, attention_mask=mask).last_hidden_state
+    expected = F.normalize(torch.stack([hidden[0].mean(0), hidden[1, :3].mean(0)]), dim=-1)
+    torch.testing.assert_close(encoder(ids, mask), expected, rtol=1e-5, atol=1e-6)
+    assert encoder.state_dict() == {}
+    encoder.load_state_dict({})  # nothing missing: the locked weights stay
+    torch.testing.assert_close(encoder.embed(ids, mask), expected, rtol=1e-5, atol=1e-6)

@@ -187,6 +187,8 @@ class PretrainedTextEncoder(nn.Module):
         return F.normalize(mean_pool(hidden, attention_mask), dim=-1)  # (B, E)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, L) right-padded token ids and mask -> (B, E) unit-norm sentence embeddings; when
+        remembering, only captions not seen before go through BERT (a caption is its token ids)."""
         if not self.memoize:
             return self.embed(input_ids, attention_mask)
         ids = input_ids.cpu().numpy()
@@ -200,8 +202,8 @@ class PretrainedTextEncoder(nn.Module):
             rows = torch.tensor(list(todo.values()), device=input_ids.device)
             with torch.no_grad():
                 emb = self.embed(input_ids[rows], attention_mask[rows])  # (new, E)
-            self._memo.update(zip(todo, emb))
-        return torch.stack([self._memo[k] for k in keys])  # (B, E)
+            self._memo.update(zip(todo, emb.cpu()))  # kept on the CPU: the model may move later
+        return torch.stack([self._memo[k] for k in keys]).to(input_ids.device)  # (B, E)
 
     def forget(self) -> None:
         """Drop the remembered embeddings (after changing the weights by hand)."""

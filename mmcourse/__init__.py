@@ -14,6 +14,7 @@ uses. Each name lives in one module:
 - `pretrained`: load_digits_clip, load_shapes_clip (train once, then cached)
 - `evaluate`, `analysis`: zero-shot, retrieval, probes; modality gap, occlusion maps
 - `captioning`, `decoding`, `caption_metrics`: a prefix captioner, greedy/beam/sampling, BLEU/CIDEr/CLIPScore
+- `hf`, `pretrained_text`: the CLIP as a transformers `CLIPModel`; a locked pre-trained text tower
 - `checks`, `exercises`, `grade`, `notebooks`: the classroom tooling
 """
 from __future__ import annotations
@@ -41,6 +42,9 @@ _API = {
     "captioning": ["CaptionerConfig", "PrefixCaptioner", "caption_loss", "caption_labels", "load_captioner"],
     "decoding": ["greedy_search", "beam_search", "sample", "Generation"],
     "caption_metrics": ["corpus_bleu", "cider", "clip_score", "ref_clip_score", "coco_tokenize"],
+    "hf": ["HFCLIPAdapter", "hf_clip_config", "build_hf_clip", "save_hf_clip", "load_hf_clip", "load_digits_hf_clip"],
+    "pretrained_text": ["PretrainedTextEncoder", "LockedTextCLIP", "mean_pool", "load_minilm", "load_digits_locked_clip",
+                        "load_shapes_locked_clip"],
 }
 _WHERE = {name: module for module, names in _API.items() for name in names}
 __all__ = sorted(_WHERE)

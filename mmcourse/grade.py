@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import nbformat
-from jupyter_client.manager import KernelManager
+from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
@@ -395,7 +395,7 @@ _LIMIT_LAUNCHER = ("import os, resource, sys; n = int(sys.argv[1]); "
                    "resource.setrlimit(resource.RLIMIT_AS, (n, n)); os.execvp(sys.argv[2], sys.argv[2:])")
 
 
-class _LimitedKernelManager(KernelManager):
+class _LimitedKernelManager(AsyncKernelManager):
     """A kernel manager whose kernel process cannot map more than `memory_bytes` (RLIMIT_AS,
     Unix): an allocation past it fails in the kernel (MemoryError) instead of swapping the machine."""
 

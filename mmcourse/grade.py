@@ -154,7 +154,7 @@ def _heading(cell: nbformat.NotebookNode) -> str:
         return ""
     for line in cell.source.split("\n"):
         m = re.match(r"^\s*#{1,6}\s+(.+?)\s*#*\s*$", line)
-        if m:
+        if m and not re.fullmatch(r"(BEGIN|END) (SOLUTION|HIDDEN TESTS)", m.group(1)):  # not a marker
             return m.group(1)
     return ""
 
@@ -175,13 +175,16 @@ def grade_cells(solution: nbformat.NotebookNode) -> list[GradeCell]:
     """
     nb = normalise_solution(solution)
     cells, answers, first_answer = [], [], ""
+    headed: dict[str, bool] = {}
     for index, cell in enumerate(nb.cells):
         meta = cell.metadata.get("nbgrader", {})
         if meta.get("solution"):
             answers.append(meta["grade_id"])
             first_answer = first_answer or next((ln for ln in cell.source.split("\n") if ln.strip()), "")
         if meta.get("grade") and not meta.get("solution"):
-            title = _section(nb.cells, index) or _label(meta["grade_id"], cell.source)
+            title = _section(nb.cells, index)
+            headed[meta["grade_id"]] = bool(title)
+            title = title or _label(meta["grade_id"], cell.source)
             restored = copy.deepcopy(cell)
             cells.append(GradeCell(meta["grade_id"], int(meta.get("points", 1)), cell.source, title, restored,
                                    bool(_CHECK_CALL.search(cell.source)), tuple(answers), first_answer))
@@ -190,7 +193,7 @@ def grade_cells(solution: nbformat.NotebookNode) -> list[GradeCell]:
     named = []
     for c in cells:
         count[c.label] = count.get(c.label, 0) + 1
-        if count[c.label] > 1:
+        if count[c.label] > 1 and headed[c.grade_id]:
             hidden_only = "### BEGIN HIDDEN TESTS" in c.source and not c.calls_check
             c = GradeCell(c.grade_id, c.points, c.source, f"{c.label} ({'hidden tests' if hidden_only else f'check {count[c.label]}'})",
                           c.cell, c.calls_check, c.answers, c.answer_start)

@@ -256,9 +256,9 @@ def test_summary_table(graded):
     score = {parts[0]: parts[1] for parts in map(str.split, table.splitlines()[1:]) if parts}
     assert score == {name: f"{points}/4" for name, points in SCORES.items()}
     assert "dave         0/4     1 cell(s) hung or were killed" in table
-    assert "Exercise 1: double                    1  7/17 (41%)" in log
-    assert "Exercise 2: mean                      2  11/17 (65%)" in log
-    assert "Exercise 2: mean (hidden tests)       1  7/17 (41%)" in log
+    assert "Exercise 1: double                    1  5/17 (29%)" in log
+    assert "Exercise 2: mean                      2  7/17 (41%)" in log
+    assert "Exercise 2: mean (hidden tests)       1  6/17 (35%)" in log
 
 
 @pytest.mark.slow

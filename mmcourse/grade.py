@@ -13,7 +13,7 @@ For each student (one sub-folder per student, or one `<name>.ipynb` per student 
    is put back whole from the solution by its nbgrader `grade_id` (= cell id): source, cell
    type, metadata (tags included) and position under its exercise, hidden tests included; a
    deleted one is put back too;
-3. the notebook runs in a fresh kernel with a memory limit, every cell, errors allowed, with a
+3. the notebook runs in a fresh kernel with a memory limit (RLIMIT_DATA), every cell, errors allowed, with a
    time limit per cell (`--timeout`, more for a cell the solution tags `timeout=N`) and for the
    whole notebook; right before a graded cell the grader arms the checks with a token made for
    that cell and binds the check names it uses again from `mmcourse.checks`;
@@ -60,13 +60,12 @@ from mmcourse.checks.core import CHECK_MIMETYPE
 from mmcourse.exercises import normalise_solution
 from mmcourse.notebooks import NotebookFormatError
 from mmcourse.notebooks import read as read_notebook_file
-from mmcourse.notebooks import reads as read_notebook_text
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CELL_TIMEOUT = 30.0  # seconds per cell; a solution cell tagged `timeout=N` gets N (training cells)
 DEFAULT_TOTAL_TIMEOUT = 900.0  # seconds per notebook
 DEFAULT_CHECK_TIMEOUT = 10.0  # seconds per call of student code inside a check
-DEFAULT_MEMORY_MB = 4000  # address space per kernel (RLIMIT_AS); torch alone maps about 1.5 GB
+DEFAULT_MEMORY_MB = 4000  # data memory per kernel (RLIMIT_DATA); the assignments use well under 2 GB
 PROBE_TIMEOUT = 10  # seconds a kernel may take to answer after an interrupted cell (and to arm a check)
 IOPUB_TIMEOUT = 10  # seconds a cell's last outputs may trail its reply (a backlog after a flood)
 MAX_OUTPUT_CHARS = 100_000  # output kept per cell; a print in an endless loop makes gigabytes
@@ -195,8 +194,9 @@ def grade_cells(solution: nbformat.NotebookNode) -> list[GradeCell]:
         count[c.label] = count.get(c.label, 0) + 1
         if count[c.label] > 1 and headed[c.grade_id]:
             hidden_only = "### BEGIN HIDDEN TESTS" in c.source and not c.calls_check
-            c = GradeCell(c.grade_id, c.points, c.source, f"{c.label} ({'hidden tests' if hidden_only else f'check {count[c.label]}'})",
-                          c.cell, c.calls_check, c.answers, c.answer_start)
+            suffix = "hidden tests" if hidden_only else f"check {count[c.label]}"
+            c = GradeCell(c.grade_id, c.points, c.source, f"{c.label} ({suffix})", c.cell, c.calls_check, c.answers,
+                          c.answer_start)
         named.append(c)
     labels = [c.label for c in named]
     return [c if labels.count(c.label) == 1 else GradeCell(c.grade_id, c.points, c.source, f"{c.label} [{c.grade_id}]",
@@ -395,12 +395,15 @@ class _GradingClient(NotebookClient):
 
 # The kernel command runs under this: it sets the address-space limit, then becomes the kernel.
 _LIMIT_LAUNCHER = ("import os, resource, sys; n = int(sys.argv[1]); "
-                   "resource.setrlimit(resource.RLIMIT_AS, (n, n)); os.execvp(sys.argv[2], sys.argv[2:])")
+                   "resource.setrlimit(resource.RLIMIT_DATA, (n, n)); os.execvp(sys.argv[2], sys.argv[2:])")
 
 
 class _LimitedKernelManager(AsyncKernelManager):
-    """A kernel manager whose kernel process cannot map more than `memory_bytes` (RLIMIT_AS,
-    Unix): an allocation past it fails in the kernel (MemoryError) instead of swapping the machine."""
+    """A kernel manager whose kernel process cannot allocate more than `memory_bytes` of data
+    (RLIMIT_DATA, Unix: heap and private writable mappings, which is what tensors and Python
+    objects use): an allocation past it fails in the kernel (MemoryError) instead of swapping the
+    machine. Not RLIMIT_AS: the address space also counts what every OpenMP thread and malloc
+    arena only reserves, so a limit on it fails a 2-thread training step that uses little memory."""
 
     memory_bytes: int | None = None
 
@@ -433,14 +436,16 @@ def _silent(client, code: str) -> str:
 
 def execute(nb: nbformat.NotebookNode, cwd: Path, cell_timeout: float, total_timeout: float,
             env: dict[str, str] | None = None, graded: dict[str, GradeCell] | None = None,
-            timeouts: dict[str, float] | None = None, memory_mb: float | None = DEFAULT_MEMORY_MB) -> list[CellRun]:
+            timeouts: dict[str, float] | None = None, memory_mb: float | None = DEFAULT_MEMORY_MB,
+            inserted: set[int] | None = None) -> list[CellRun]:
     """Run every code cell of `nb` (in place) in a fresh kernel; never raises for what the
     notebook does. Returns what happened to each cell.
 
     `graded` (grade_id -> cell): before each of these cells the checks are armed with a fresh
     token (kept in its `CellRun`) and its check names are bound again from the package; after
     it they are disarmed. `timeouts` (cell key -> seconds) raise the limit of a tagged cell.
-    `memory_mb` limits each kernel's address space (None: no limit).
+    `memory_mb` limits each kernel's data memory (None: no limit). `inserted` (ids of cells
+    the grader put back) are left out of the code-cell numbers messages give.
 
     A cell past its time limit is interrupted and the next cell runs; if the kernel does not
     come back from the interrupt, or dies, or the total time runs out, the remaining cells
@@ -460,7 +465,7 @@ def execute(nb: nbformat.NotebookNode, cwd: Path, cell_timeout: float, total_tim
     )
     kernel_env = {**os.environ, **(env or {})}
     stop_reason = ""
-    where = _Locator(nb)
+    where = _Locator(nb, inserted)
     # The kernel's own stderr holds only its start-up chatter; the student's output comes via Jupyter.
     with client.setup_kernel(env=kernel_env, cwd=str(cwd), stderr=subprocess.DEVNULL):
         start = time.monotonic()  # the student's time starts when the kernel is up
@@ -502,8 +507,8 @@ def execute(nb: nbformat.NotebookNode, cwd: Path, cell_timeout: float, total_tim
                 stop_reason = f"not run: the grader could not run {where(index)}"
                 continue
             if time.monotonic() - t0 >= client.timeout - 0.05:
-                runs[index] = CellRun("timeout", f"timed out after {client.timeout} s and was interrupted (an infinite loop?)",
-                                      client.replies.get(index, ""), token)
+                runs[index] = CellRun("timeout", f"timed out after {client.timeout} s and was interrupted "
+                                                 "(an infinite loop?)", client.replies.get(index, ""), token)
                 if not _responsive(client):
                     stop_reason = f"not run: {where(index)} ran past its time limit and could not be interrupted"
                 continue
@@ -685,7 +690,7 @@ def grade_submission(sub: Submission, cells: list[GradeCell], cell_timeout: floa
         prepared = prepare(nb, cells, solution_keys or [c.grade_id for c in cells])
         try:
             runs = execute(nb, Path(tmp), cell_timeout, total_timeout, env, {c.grade_id: c for c in cells},
-                           timeouts, memory_mb)
+                           timeouts, memory_mb, prepared.inserted)
         except Exception as err:  # noqa: BLE001 - e.g. the kernel cannot start: report, go on
             return all_failed(_short(f"grader error: {type(err).__name__}: {err}"))
         if executed_dir is not None:
@@ -739,13 +744,15 @@ def write_gradebook(rows: list[Row], cells: list[GradeCell], submissions: list[S
 def write_feedback(rows: list[Row], cells: list[GradeCell], sub: Submission, assignment: str, folder: Path,
                    written: int = 0, title: str = "") -> Path:
     """`folder/<student>.md`: the student's score and one line per exercise, to hand back
-    (unlike the executed notebook, it does not show the hidden tests' code)."""
+    (unlike the executed notebook, it does not show the hidden tests' code). `written`: the
+    number of written questions, which a person marks (said next to the score)."""
     total, mine = sum(c.points for c in cells), [r for r in rows if r.student == sub.student]
     lines = [f"# {title or assignment}: {sub.student}", ""]
     score = f"**{sum(r.points or 0 for r in mine)} / {total} points** from the automatic checks"
     if written:
-        score += (f"; your {written} written answer{'s' if written > 1 else ''} still "
-                  f"{'have' if written > 1 else 'has'} to be marked by your teacher (not in this score)")
+        score += (f"; {'your answers to the' if written > 1 else 'your answer to the'} {written} written "
+                  f"question{'s' if written > 1 else ''} {'are' if written > 1 else 'is'} marked by your teacher "
+                  f"(not in this score)")
     lines += [score, ""]
     if sub.problem:
         lines += [f"Your notebook could not be graded: {sub.problem}.", ""]
@@ -884,14 +891,14 @@ def grade_folder(submissions_dir: Path, solution_path: Path, out: Path | None = 
     else:  # threads are enough: the work happens in each submission's kernel process
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             rows = [row for mine in pool.map(one, submissions) for row in mine]
-    n_questions, page, given = written_answers(solution, submissions)
+    n_questions, page, given = written_answers(solution, submissions)  # given: answers to mark
     if out is not None:
         write_csv(rows, out)
     if gradebook is not None:
         write_gradebook(rows, cells, submissions, given, gradebook)
     if feedback_dir is not None:
         for sub in submissions:
-            write_feedback(rows, cells, sub, solution_path.stem, feedback_dir, given.get(sub.student, 0), title)
+            write_feedback(rows, cells, sub, solution_path.stem, feedback_dir, n_questions, title)
     if answers is not None:
         answers.write_text(f"# Written answers: {solution_path.stem}\n\n{page}", encoding="utf-8")
     print("", file=log)
@@ -923,7 +930,7 @@ def main(argv: list[str] | None = None) -> int:
                              "timeout=N get N)")
     parser.add_argument("--total-timeout", type=float, default=DEFAULT_TOTAL_TIMEOUT, help="seconds per notebook")
     parser.add_argument("--memory", type=float, default=DEFAULT_MEMORY_MB,
-                        help=f"MB of address space per kernel (default {DEFAULT_MEMORY_MB}; 0: no limit)")
+                        help=f"MB of memory per kernel (RLIMIT_DATA; default {DEFAULT_MEMORY_MB}; 0: no limit)")
     parser.add_argument("--jobs", type=int, default=1, help="submissions graded at the same time (default 1)")
     parser.add_argument("--feedback", type=Path, default=None,
                         help="also write each student's results as <student>.md here, to hand back")

@@ -5,7 +5,8 @@ the cheats and hangs of the real assignment 01.
 2 points) and one hidden test (1 point). The submissions are made from its generated exercise:
 right, partly wrong (with a tampered check cell and an answer hard-coded to the visible case),
 a syntax error, endless loops (inside the checked function, at top level while printing without
-end, and one that swallows the interrupt), a kernel that exits, deleted cells, an untouched
+end, and one that swallows the interrupt), a kernel that exits, an allocation past the memory
+limit, deleted cells, an untouched
 exercise, a renamed file, the wrong notebook, an empty file, invalid JSON, a file saved as
 nbformat 4.0 without cell ids, and cheats (no-op checks, skipped check cells, forged results).
 One grading run produces the exact CSV below.
@@ -87,6 +88,11 @@ EXPECTED = [
     ("ivan", HIDDEN, "yes", "1", "1", "passed", "passed" + PUT_BACK),
     *_all("judy", NOT_THIS, "not gradable"),
     *_all("kim", NOT_ATTEMPTED, "not attempted"),
+    ("mona", EX1, "yes", "1", "1", "passed", DOUBLE_OK),
+    ("mona", EX2, "yes", "2", "2", "passed", MEAN_OK),
+    ("mona", HIDDEN, "yes", "1", "1", "passed", "passed"),
+    ("mona", "(other cells)", "", "", "", "out of memory",
+     "code cell 4 under “Exercise 2: mean” (`def mean(xs):`) ran out of memory (the grader's limit per notebook)"),
     *_all("noop", NOT_ATTEMPTED, "not attempted"),
     *_all("skipper", NOT_ATTEMPTED, "not attempted"),
     ("ursula", EX1, "no", "0", "1", "error", "the answer cell of this exercise (the cell that starts `def double(x):`) "
@@ -99,7 +105,7 @@ EXPECTED = [
      "code cell 2 under “Exercise 1: double” (`import time`) timed out after 4 s and was interrupted (an infinite loop?)"),
 ]
 SCORES = {"alice": 4, "bob": 2, "carol": 3, "colab": 4, "dave": 0, "erin": 1, "forger": 0, "frank": 4, "gina": 0,
-          "hank": 0, "ivan": 4, "judy": 0, "kim": 0, "noop": 0, "skipper": 0, "ursula": 3, "zed": 0}
+          "hank": 0, "ivan": 4, "judy": 0, "kim": 0, "mona": 4, "noop": 0, "skipper": 0, "ursula": 3, "zed": 0}
 FORGED = "{'application/vnd.mmcourse.check+json': {'name': 'x', 'passed': True, 'message': 'ok'}, 'text/plain': 'ok'}"
 
 
@@ -163,6 +169,7 @@ def write_submissions(root):
     write("ivan/99_demo.ipynb", ivan)
     write("judy/99_demo_final.ipynb", nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print('hi')")]))
     write("kim/99_demo.ipynb", exercise_nb())
+    write("mona/99_demo.ipynb", submission(mean=exercise_solution("mean") + "\n\nbig = bytearray(8 * 2**30)"))
     # the first cheat, on the fixture: every check a no-op, the blanks as handed out
     write("noop/99_demo.ipynb", submission(double="run_check = lambda *a, **k: None\n" + exercise_cell("double"),
                                            mean=exercise_cell("mean")))
@@ -182,6 +189,10 @@ def write_submissions(root):
 
 def exercise_cell(cell_id: str) -> str:
     return next(c.source for c in exercise_nb().cells if c.id == cell_id)
+
+
+def exercise_solution(cell_id: str) -> str:
+    return next(c.source for c in nbformat.read(str(SOLUTION), as_version=4).cells if c.id == cell_id)
 
 
 def digest(root) -> dict[str, str]:
@@ -251,14 +262,14 @@ def test_submissions_are_never_modified(graded):
 @pytest.mark.slow
 def test_summary_table(graded):
     log = graded["log"]
-    assert "Grading 17 submission(s) of 99_demo.ipynb: 3 graded cells, 4 points" in log
+    assert "Grading 18 submission(s) of 99_demo.ipynb: 3 graded cells, 4 points" in log
     table = log[log.index("student "):log.index("exercise ")]
     score = {parts[0]: parts[1] for parts in map(str.split, table.splitlines()[1:]) if parts}
     assert score == {name: f"{points}/4" for name, points in SCORES.items()}
     assert "dave         0/4     1 cell(s) hung or were killed" in table
-    assert "Exercise 1: double                    1  5/17 (29%)" in log
-    assert "Exercise 2: mean                      2  7/17 (41%)" in log
-    assert "Exercise 2: mean (hidden tests)       1  6/17 (35%)" in log
+    assert "Exercise 1: double                    1  6/18 (33%)" in log
+    assert "Exercise 2: mean                      2  8/18 (44%)" in log
+    assert "Exercise 2: mean (hidden tests)       1  7/18 (39%)" in log
 
 
 @pytest.mark.slow
@@ -288,14 +299,14 @@ def test_executed_notebooks_keep_the_check_results(graded):
 def test_feedback_files_to_hand_back(graded):
     assert (graded["feedback"] / "bob.md").read_text(encoding="utf-8").splitlines() == [
         "# 99 · Demo assignment (grader test fixture): bob", "",
-        "**2 / 4 points** from the automatic checks", "",
+        "**2 / 4 points** from the automatic checks; your answer to the 1 written question is marked by your "
+        "teacher (not in this score)", "",
         "| exercise | points | result |", "|---|---|---|",
         "| Exercise 1: double | 0/1 | ✗ double: squared instead of doubled (case: x=3) Hint: 2 * x, not x ** 2 |",
         "| Exercise 2: mean | 2/2 | ✓ mean: averages a list of 4 numbers |",
         "| Exercise 2: mean (hidden tests) | 0/1 | ✗ AssertionError: mean([1, 3]) should be 2 |"]
     alice = (graded["feedback"] / "alice.md").read_text(encoding="utf-8")
-    assert ("**4 / 4 points** from the automatic checks; your 1 written answer still has to be marked by your "
-            "teacher (not in this score)") in alice
+    assert "**4 / 4 points** from the automatic checks; your answer to the 1 written question is marked" in alice
     dave = (graded["feedback"] / "dave.md").read_text(encoding="utf-8")
     assert f"Problems while running your notebook (the cells after them still ran):\n\n- {MEAN_LOOP}\n" in dave
     gina = (graded["feedback"] / "gina.md").read_text(encoding="utf-8")

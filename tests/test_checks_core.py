@@ -451,6 +451,8 @@ def test_library_answers_by_check_name_and_forbid_override():
     case = [Case((torch.randn(5, 5), 2), {}, "N=5")]
     fails_with(lambda fn: core.run_check("recall_at_k", fn, reference, case), ranks_by_library,
                "you called mmcourse's retrieval_ranks")
+    fails_with(lambda fn: core.run_check("recall_at_k, hidden tests", fn, reference, case), ranks_by_library,
+               "you called mmcourse's retrieval_ranks")
     assert core.run_check("recall_at_k", ranks_by_library, reference, case, forbid=[])  # allowed explicitly
     check = core.make_check("clip_loss", reference=lambda a, b, s: a.sum(), cases=[Case((torch.ones(2), 1, 1))],
                             forbid=[torch.Tensor.sum])  # not a Python function: nothing to watch, no error

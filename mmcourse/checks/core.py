@@ -62,7 +62,7 @@ DEFAULT_TIMEOUT = float(os.environ.get("MMCOURSE_CHECK_TIMEOUT", "10"))
 MAX_CAPTURED_CHARS = 10_000  # what we keep of the student's printing during a check
 _MAX_MESSAGE_CHARS = 300  # an error message quoted in a sentence is cut here
 
-# The library's own answers to exercises, by the check's name (the part before " ("): calling
+# The library's own answers to exercises, by the check's name (the part before " (" or ","): calling
 # one of them from the student's function while its check runs is reported. A reference that is
 # itself an `mmcourse` function outside `mmcourse.checks` is added automatically.
 LIBRARY_ANSWERS: dict[str, tuple[str, ...]] = {
@@ -676,7 +676,7 @@ def _forbidden(name: str, reference: Any, forbid: Sequence[Callable[..., Any]] |
     module = getattr(reference, "__module__", None) or ""
     if module.startswith("mmcourse.") and not module.startswith("mmcourse.checks"):
         found.append(reference)
-    for dotted in LIBRARY_ANSWERS.get(name.split(" (")[0].strip(), ()):
+    for dotted in LIBRARY_ANSWERS.get(name.split(" (")[0].split(",")[0].strip(), ()):  # "info_nce (stable)" -> info_nce
         parts = dotted.split(".")
         for cut in range(len(parts) - 1, 0, -1):  # the longest importable module, then attributes
             module_name = ".".join(parts[:cut])

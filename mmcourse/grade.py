@@ -306,7 +306,8 @@ def prepare(nb: nbformat.NotebookNode, cells: list[GradeCell], solution_keys: li
     added is gone), outputs cleared. It stays where the student has it if that is still between
     the solution cells around it (`solution_keys`: the solution's cell keys in order); a graded
     cell that was deleted or moved out of its exercise is inserted right before the next solution
-    cell (after any cells the student added below the answer). Extra copies are dropped.
+    cell (after any cells the student added below the answer). Extra copies are dropped, and
+    the outputs the student saved are cleared from every code cell.
     """
     wanted = {c.grade_id: c for c in cells}
     order = [k for k in (solution_keys or []) if k not in wanted]
@@ -318,6 +319,8 @@ def prepare(nb: nbformat.NotebookNode, cells: list[GradeCell], solution_keys: li
         if key in wanted:
             was_at.setdefault(key, len(kept))  # it sat right before kept[len(kept)]
             continue
+        if cell.cell_type == "code":  # outputs saved by the student are never read as results
+            cell.outputs, cell.execution_count = [], None
         kept.append(cell)
     where = {}
     for i, cell in enumerate(kept):

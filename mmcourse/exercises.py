@@ -12,11 +12,19 @@ Rules, the same as nbgrader's:
 - a markdown region between the same markers becomes `YOUR ANSWER HERE`;
 - a region between `### BEGIN HIDDEN TESTS` and `### END HIDDEN TESTS` is removed (the cell
   stays, so the grader can put the tests back by its `grade_id`);
-- outputs and execution counts are cleared; cell ids are kept;
+- outputs and execution counts are cleared; cell ids are kept; a cell without markers is
+  copied byte for byte (sources are split on "\n" only: a form feed or a Unicode line
+  separator inside a string is not a line break, in Python or in nbformat);
+- graded cells (checks, hidden tests) are locked in the exercise (`deletable: false`,
+  `editable: false`, nbgrader's `locked`); the grader restores them from the solution anyway;
 - every cell with a solution region, and every cell tagged `check` or holding hidden tests, gets
   nbgrader metadata (`grade_id` = cell id; graded cells are worth 1 point, or N with a tag
   `points=N`), written into both the solution and the exercise so the solutions are valid
   nbgrader source notebooks.
+
+Solutions are read with `mmcourse.notebooks.read`, so a notebook saved by Colab or an older tool
+(nbformat 4.0–4.4, no cell ids) is accepted (ids are derived from each cell's position and
+source); a file that is not a notebook is one line on stderr and exit code 2.
 """
 from __future__ import annotations
 
@@ -28,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
+
+from mmcourse.notebooks import NotebookFormatError, read
 
 BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"
 BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
@@ -97,7 +107,7 @@ def normalise_solution(nb: nbformat.NotebookNode, name: str = "<solution>") -> n
     nb = copy.deepcopy(nb)
     for index, cell in enumerate(nb.cells):
         where = f"{name}, cell {index}"
-        lines = cell.source.splitlines()
+        lines = cell.source.split("\n")
         _, n_solution = _strip_region(lines, BEGIN_SOLUTION, END_SOLUTION, (), where)
         _, n_hidden = _strip_region(lines, BEGIN_HIDDEN, END_HIDDEN, None, where)
         if n_hidden and cell.cell_type != "code":
@@ -118,12 +128,17 @@ def make_exercise(solution: nbformat.NotebookNode, name: str = "<solution>") -> 
     n_regions = 0
     for index, cell in enumerate(nb.cells):
         where = f"{name}, cell {index}"
-        lines = cell.source.splitlines()
+        lines = cell.source.split("\n")  # only "\n" ends a line (not \f, \v, \x85, \u2028, ...)
         stub = CODE_STUB if cell.cell_type == "code" else (MARKDOWN_STUB,)
         lines, n = _strip_region(lines, BEGIN_SOLUTION, END_SOLUTION, stub, where)
-        lines, _ = _strip_region(lines, BEGIN_HIDDEN, END_HIDDEN, None, where)
+        lines, n_hidden = _strip_region(lines, BEGIN_HIDDEN, END_HIDDEN, None, where)
         n_regions += n
-        cell.source = "\n".join(lines)
+        if n or n_hidden:  # a cell without markers stays byte-identical
+            cell.source = "\n".join(lines).rstrip("\n") if n_hidden else "\n".join(lines)
+        meta = cell.metadata.get("nbgrader", {})
+        if meta.get("grade") and not meta.get("solution"):  # a check or hidden tests: locked
+            cell.metadata["deletable"] = False
+            cell.metadata["editable"] = False
     if n_regions == 0:
         raise MarkerError(f"{name}: no {BEGIN_SOLUTION!r} region, so there is no exercise")
     nb.metadata.setdefault("mmcourse", {})["generated_from"] = f"solutions/{name}"
@@ -139,12 +154,16 @@ def generate(paths: Paths = Paths(), check: bool = False, out=sys.stdout) -> lis
 
     Returns:
         The files that were stale (with `check`) or written.
+
+    Raises:
+        MarkerError: unbalanced markers (the message names the file and cell).
+        NotebookFormatError: a solution file is not a readable notebook.
     """
     changed: list[str] = []
     sources = sorted(paths.solutions.glob("*.ipynb"))
     expected: dict[Path, str] = {}
     for src in sources:
-        solution = nbformat.read(str(src), as_version=4)
+        solution = read(src)
         expected[src] = _dumps(normalise_solution(solution, src.name))
         expected[paths.exercises / src.name] = _dumps(make_exercise(solution, src.name))
     for target, text in expected.items():
@@ -177,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         changed = generate(Paths(args.solutions, args.exercises), check=args.check)
-    except MarkerError as err:
+    except (MarkerError, NotebookFormatError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.check:

@@ -74,12 +74,23 @@ def set_threads(num_threads: int | None = None) -> int:
 
     Small models on a laptop gain little past the number of physical cores, and lose a
     lot when several processes each use all cores (as when the test suite runs notebooks
-    in parallel). Default: `MMCOURSE_NUM_THREADS` if set, else the number of cores, at
-    most 4.
+    in parallel). Default: `MMCOURSE_NUM_THREADS` if set, else the standard
+    `OMP_NUM_THREADS` (what a grader or a cluster sets), else the number of cores, at most 4.
+
+    Raises:
+        ValueError: the number, or the variable it came from, is not an integer >= 1.
     """
     if num_threads is None:
-        env = os.environ.get("MMCOURSE_NUM_THREADS")
-        num_threads = int(env) if env else min(os.cpu_count() or 1, 4)
+        for var in ("MMCOURSE_NUM_THREADS", "OMP_NUM_THREADS"):
+            value = os.environ.get(var, "").strip()
+            if value:
+                try:
+                    num_threads = int(value)
+                except ValueError:
+                    raise ValueError(f"{var} must be a whole number of threads, got {value!r}") from None
+                break
+        else:
+            num_threads = min(os.cpu_count() or 1, 4)
     if num_threads < 1:
         raise ValueError(f"num_threads must be >= 1, got {num_threads}")
     torch.set_num_threads(num_threads)

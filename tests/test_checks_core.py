@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import mmcourse.checks as checks
+from conftest import fails_with
 from mmcourse.checks.core import (CHECK_MIMETYPE, Case, CheckFailed, CheckResult, Property, StudentTimeout, Variant,
                                   call_safely, check_value, compare, make_check, publish, run_check, time_limit)
 
@@ -413,3 +414,98 @@ def test_teacher_guide_example_check_works():
     for wrong, mistake in [(lambda a, b: a @ b.T, "not normalised"), (lambda a, b: solution(a, b).T, "transposed"),
                            (lambda a, b: F.normalize(a, dim=0) @ F.normalize(b, dim=0).T, "normalised over the batch")]:
         assert pytest.raises(CheckFailed, check, wrong).value.result.message.startswith(mistake)
+
+
+# --------------------------------------------------------------------------- the library's own answers, grading tokens
+
+
+def test_calling_the_librarys_reference_is_reported():
+    from mmcourse import losses
+    from mmcourse.checks import core
+
+    def info_nce(z, z_pos, temperature=0.07):  # the issue's answer: the library under another name
+        from mmcourse.losses import info_nce as _ref
+        return _ref(z, z_pos, temperature)
+
+    z, p = torch.randn(4, 3), torch.randn(4, 3)
+    with pytest.raises(CheckFailed) as info:
+        core.run_check("info_nce (stable)", info_nce, losses.info_nce, [Case((z, p), {"temperature": 0.1}, "N=4")])
+    assert str(info.value).startswith(
+        "✗ info_nce (stable): you called mmcourse's info_nce; this exercise asks you to write it (case: N=4)")
+    # the same numbers written by hand pass
+    def by_hand(z, z_pos, temperature=0.07):
+        logits = F.normalize(z, dim=-1) @ F.normalize(z_pos, dim=-1).T / temperature
+        return F.cross_entropy(logits, torch.arange(len(z)))
+    assert core.run_check("info_nce (stable)", by_hand, losses.info_nce, [Case((z, p), {"temperature": 0.1})])
+
+
+def test_library_answers_by_check_name_and_forbid_override():
+    from mmcourse import evaluate
+    from mmcourse.checks import core
+
+    def ranks_by_library(logits, k):
+        ranks, _ = evaluate.retrieval_ranks(logits.float(), torch.eye(len(logits)))
+        return (ranks < k).float().mean().item()
+
+    reference = lambda logits, k: ranks_by_library(logits, k)  # noqa: E731 - a reference outside mmcourse
+    case = [Case((torch.randn(5, 5), 2), {}, "N=5")]
+    fails_with(lambda fn: core.run_check("recall_at_k", fn, reference, case), ranks_by_library,
+               "you called mmcourse's retrieval_ranks")
+    fails_with(lambda fn: core.run_check("recall_at_k, hidden tests", fn, reference, case), ranks_by_library,
+               "you called mmcourse's retrieval_ranks")
+    assert core.run_check("recall_at_k", ranks_by_library, reference, case, forbid=[])  # allowed explicitly
+    check = core.make_check("clip_loss", reference=lambda a, b, s: a.sum(), cases=[Case((torch.ones(2), 1, 1))],
+                            forbid=[torch.Tensor.sum])  # not a Python function: nothing to watch, no error
+    assert check(lambda a, b, s: a.sum())
+
+
+def test_watching_calls_restores_the_previous_profiler():
+    import sys
+
+    from mmcourse.checks import core
+
+    seen = []
+    previous = lambda frame, event, arg: seen.append(event)  # noqa: E731
+    sys.setprofile(previous)
+    try:
+        with core._watch_calls([softmax_ref]) as called:
+            softmax_ref(torch.zeros(2))
+        assert sys.getprofile() is previous and called == ["softmax_ref"]
+    finally:
+        sys.setprofile(None)
+    with core._watch_calls([]) as called:
+        softmax_ref(torch.zeros(2))
+    assert called == []
+
+
+class _Shell:
+    """A stand-in for IPython's shell: a namespace and a display that records what it shows."""
+
+    def __init__(self):
+        self.user_ns, self.shown = {}, []
+
+
+def test_arm_tags_results_with_the_token_and_rebinds_check_names(monkeypatch):
+    import IPython
+    import IPython.display
+
+    from mmcourse.checks import core
+
+    shell = _Shell()
+    shell.user_ns["check_info_nce"] = lambda *a, **k: None  # the issue's first cheat
+    shell.user_ns["run_check"] = lambda *a, **k: None
+    shell.user_ns["info_nce"] = "the student's own answer"
+    monkeypatch.setattr(IPython, "get_ipython", lambda: shell)
+    monkeypatch.setattr(IPython.display, "display", lambda obj, raw=False: shell.shown.append(obj))
+    try:
+        core._arm("abc123", ["check_info_nce", "run_check", "info_nce", "torch", "check_no_such_thing"])
+        assert shell.user_ns["check_info_nce"] is checks.check_info_nce
+        assert shell.user_ns["run_check"] is core.run_check
+        assert shell.user_ns["info_nce"] == "the student's own answer"  # not a check: left alone
+        assert "torch" not in shell.user_ns and "check_no_such_thing" not in shell.user_ns
+        core.publish(CheckResult("x", True, "fine"))
+        core._disarm()
+        core.publish(CheckResult("x", True, "fine"))
+    finally:
+        core._disarm()
+    assert [s[CHECK_MIMETYPE].get("token") for s in shell.shown] == ["abc123", None]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 
@@ -122,3 +123,72 @@ def test_repository_exercises_are_up_to_date():
     proc = subprocess.run([sys.executable, "-m", "mmcourse.exercises", "--check"], cwd=ROOT,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# --------------------------------------------------------------------------- notebooks from other tools, exact copies
+
+
+def test_cells_without_markers_are_copied_byte_for_byte():
+    sol = _solution_nb()
+    odd = "s = 'page\x0cbreak'\nt = 'a\x0bb\x1cc\x1dd\x1ee\x85f\u2028g\u2029h'\r\nprint(s)\n"
+    sol.cells.insert(1, new_code_cell(odd))
+    sol.cells.insert(2, new_markdown_cell("ends with a newline\n"))
+    ex = make_exercise(sol, "demo.ipynb")
+    assert ex.cells[1].source == odd and ex.cells[2].source == "ends with a newline\n"
+    namespace: dict = {}
+    exec(ex.cells[1].source, namespace)  # still valid Python (splitlines made it a SyntaxError)
+    assert namespace["s"] == "page\x0cbreak"
+
+
+def test_marker_cells_split_on_newline_only():
+    sol = new_notebook(cells=[new_code_cell("def f():\n    ### BEGIN SOLUTION\n    return 'x\x0cy'\n    ### END SOLUTION\n"
+                                            "g = 'p\u2028q'")])
+    ex = make_exercise(sol, "demo.ipynb")
+    assert ex.cells[0].source == "def f():\n    # YOUR CODE HERE\n    raise NotImplementedError()\ng = 'p\u2028q'"
+
+
+def test_graded_cells_are_locked_in_the_exercise_only():
+    sol = _solution_nb()
+    ex = make_exercise(sol, "demo.ipynb")
+    assert ex.cells[2].metadata["deletable"] is False and ex.cells[2].metadata["editable"] is False
+    assert "deletable" not in ex.cells[1].metadata  # the answer cell stays editable
+    assert "deletable" not in normalise_solution(sol).cells[2].metadata  # authors edit solutions
+
+
+def test_repository_exercises_lock_every_check_and_hidden_test_cell():
+    for path in sorted((ROOT / "exercises").glob("*.ipynb")):
+        for cell in nbformat.read(str(path), as_version=4).cells:
+            if cell.metadata.get("nbgrader", {}).get("grade"):
+                assert cell.metadata["deletable"] is False and cell.metadata["editable"] is False, (path.name, cell.id)
+                assert "BEGIN HIDDEN TESTS" not in cell.source
+
+
+def _as_nbformat_40(nb) -> str:
+    raw = json.loads(nbformat.writes(nb))
+    raw["nbformat_minor"] = 0
+    for cell in raw["cells"]:
+        cell.pop("id", None)
+    return json.dumps(raw)
+
+
+def test_a_solution_saved_as_nbformat_40_is_accepted(tmp_path):
+    paths = Paths(tmp_path / "solutions", tmp_path / "exercises")
+    paths.solutions.mkdir()
+    (paths.solutions / "01_demo.ipynb").write_text(_as_nbformat_40(_solution_nb()))
+    assert generate(paths, out=io.StringIO()) == ["solutions/01_demo.ipynb", "exercises/01_demo.ipynb"]
+    ex = nbformat.read(str(paths.exercises / "01_demo.ipynb"), as_version=4)
+    nbformat.validate(ex)
+    ids = [c.id for c in ex.cells]
+    assert len(set(ids)) == 4 and ex.cells[2].metadata["nbgrader"]["grade_id"] == ids[2]
+    assert generate(paths, check=True, out=io.StringIO()) == []  # the ids are stable: nothing is stale
+
+
+def test_an_unreadable_solution_is_one_line_and_exit_2(tmp_path):
+    solutions = tmp_path / "solutions"
+    solutions.mkdir()
+    (solutions / "01_demo.ipynb").write_text('{"cells": [')
+    proc = subprocess.run([sys.executable, "-m", "mmcourse.exercises", "--solutions", str(solutions),
+                           "--exercises", str(tmp_path / "exercises")], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.startswith("error: ") and "01_demo.ipynb: not a valid notebook" in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr

@@ -1,11 +1,14 @@
 """mmcourse.notebooks: a failing cell names the notebook and the cell; `make course` builds."""
 from __future__ import annotations
 
+import json
+
 import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from mmcourse.notebooks import NotebookCellError, build_course, execute_notebook, first_error
+from mmcourse.notebooks import (NotebookCellError, NotebookFormatError, build_course, execute_notebook, first_error, main,
+                                read)
 
 
 def _write(path, *sources):
@@ -58,3 +61,54 @@ def test_build_course_writes_executed_copies_and_html(tmp_path, capsys):
     assert executed.cells[1].outputs[0]["text"] == "42\n"
     assert "42" in (tmp_path / "out" / "01_ok.html").read_text()
     assert "02_bad.ipynb: cell 1" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- notebooks from other tools
+
+
+def _nbformat_40(path, *sources):
+    """A notebook as Colab and older tools save it: nbformat 4.0, no cell ids."""
+    cells = [{"cell_type": "code", "source": s, "metadata": {}, "outputs": [], "execution_count": None} for s in sources]
+    path.write_text(json.dumps({"cells": [{"cell_type": "markdown", "source": ["# t\n", "old"], "metadata": {}}] + cells,
+                                "metadata": {}, "nbformat": 4, "nbformat_minor": 0}))
+    return path
+
+
+def test_read_normalises_nbformat_40_with_stable_ids(tmp_path):
+    path = _nbformat_40(tmp_path / "old.ipynb", "x = 1", "x = 1")
+    nb = read(path)
+    assert nb.nbformat_minor == 5 and nb.cells[0].source == "# t\nold"
+    ids = [c.id for c in nb.cells]
+    assert len(set(ids)) == 3 and ids == [c.id for c in read(path).cells]  # unique, and the same every time
+    nbformat.validate(nb)
+
+
+@pytest.mark.parametrize("content, reason", [
+    ("", "empty file"),
+    ('{"cells": [', "not a valid notebook (Notebook does not appear to be JSON"),
+    ('{"cells": [{"cell_type": "code", "source": 3, "metadata": {}, "outputs": []}], "metadata": {}, "nbformat": 4, '
+     '"nbformat_minor": 4}',
+     "not a valid notebook (cell 0 is malformed)"),
+])
+def test_read_names_what_it_cannot_normalise(tmp_path, content, reason):
+    path = tmp_path / "bad.ipynb"
+    path.write_text(content)
+    with pytest.raises(NotebookFormatError) as info:
+        read(path)
+    assert info.value.reason.startswith(reason) and str(info.value).startswith(f"{path}: {reason}")
+    assert "\n" not in str(info.value)
+
+
+def test_execute_runs_an_nbformat_40_notebook(tmp_path):
+    path = _nbformat_40(tmp_path / "old.ipynb", "print(6 * 7)")
+    assert execute_notebook(path, timeout=60).notebook.cells[1].outputs[0]["text"] == "42\n"
+
+
+def test_build_command_exits_2_with_one_line_for_a_file_that_is_not_a_notebook(tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "01_broken.ipynb").write_text("not json")
+    assert main(["build", str(src), str(tmp_path / "out"), "--no-html"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "01_broken.ipynb: not a valid notebook" in err and err.count("\n") == 1
+    assert main(["build", str(tmp_path / "nowhere"), str(tmp_path / "out")]) == 2

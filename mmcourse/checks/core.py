@@ -32,8 +32,13 @@ mistake each get their own sentence.
 
 Every passing result is published as a display with the mimetype
 `application/vnd.mmcourse.check+json` so the grader can read it from an executed notebook; a
-failure is the `CheckFailed` error output of the cell. `torch` is only touched when a check
-uses tensors, so importing this module is cheap.
+failure is the `CheckFailed` error output of the cell. When the grader runs a graded cell it
+first arms the checks with a token made for that cell alone (`_arm`); every result published
+until it disarms them carries the token, and the grader counts a cell as passed only when such
+a record says so: a cell that printed nothing, skipped its check or forged a record gets no
+points. While a check runs the student's function, a call of the library's own answer to the
+exercise (the reference when it lives in `mmcourse`, or `LIBRARY_ANSWERS`) is reported as a
+failure. `torch` is only touched when a check uses tensors, so importing this module is cheap.
 """
 from __future__ import annotations
 
@@ -56,6 +61,21 @@ CHECK_MIMETYPE = "application/vnd.mmcourse.check+json"
 DEFAULT_TIMEOUT = float(os.environ.get("MMCOURSE_CHECK_TIMEOUT", "10"))
 MAX_CAPTURED_CHARS = 10_000  # what we keep of the student's printing during a check
 _MAX_MESSAGE_CHARS = 300  # an error message quoted in a sentence is cut here
+
+# The library's own answers to exercises, by the check's name (the part before " (" or ","): calling
+# one of them from the student's function while its check runs is reported. A reference that is
+# itself an `mmcourse` function outside `mmcourse.checks` is added automatically.
+LIBRARY_ANSWERS: dict[str, tuple[str, ...]] = {
+    "info_nce": ("mmcourse.losses.info_nce",),
+    "clip_loss": ("mmcourse.losses.clip_loss", "mmcourse.losses.ClipLoss.forward"),
+    "gradient_weights": ("mmcourse.temperature.similarity_gradient",),
+    "zero_shot_classifier": ("mmcourse.evaluate.build_zero_shot_classifier",),
+    "recall_at_k": ("mmcourse.evaluate.retrieval_ranks", "mmcourse.evaluate.retrieval_metrics"),
+    "modality_gap": ("mmcourse.analysis.modality_gap",),
+}
+
+# Set by the grader around each graded cell (see `_arm`); never by a notebook.
+_GRADING: dict[str, Any] = {"token": None}
 
 # Frames from these files are not the student's: a traceback points at the student's line.
 _NOT_STUDENT_PATHS = tuple(sorted(
@@ -531,13 +551,17 @@ def _compare_tensor(expected: Any, actual: Any, rtol: float, atol: float) -> str
 
 
 def publish(result: CheckResult) -> None:
-    """Show a result in Jupyter (rich) or print it, and expose it to the grader."""
+    """Show a result in Jupyter (rich) or print it, and expose it to the grader (with the
+    grader's token for this cell when it is grading)."""
     try:
         from IPython import get_ipython
         from IPython.display import display
 
         if get_ipython() is not None:
-            display({CHECK_MIMETYPE: result.to_json(), "text/plain": result.text()}, raw=True)
+            record = result.to_json()
+            if _GRADING["token"]:
+                record["token"] = _GRADING["token"]
+            display({CHECK_MIMETYPE: record, "text/plain": result.text()}, raw=True)
             return
     except ImportError:  # pragma: no cover
         pass
@@ -660,6 +684,7 @@ def run_check(
     raise_on_fail: bool = True,
     allow_mutation: bool = False,
     fallback_hint: str | tuple[str, ...] = "compare your code with the formula above, one term at a time",
+    forbid: Sequence[Callable[..., Any]] | None = None,
 ) -> CheckResult:
     """Run `student` on every case and compare with `reference`.
 
@@ -677,6 +702,9 @@ def run_check(
         allow_mutation: accept a function that changes its input tensors in place.
         fallback_hint: the hint when the answer is wrong in a way no diagnosis names (say
             something true for this exercise: not every exercise has a formula above it).
+        forbid: library functions the student's code must not call (it is asked to write
+            them); default: the reference if it is an `mmcourse` function outside
+            `mmcourse.checks`, plus `LIBRARY_ANSWERS[name]`. A call is a failure that says so.
 
     Returns:
         The `CheckResult` (also published).
@@ -688,9 +716,16 @@ def run_check(
     if not callable(student):
         return finish(CheckResult(name, False, f"expected a function, got {_describe_type(student)}",
                                   "pass the function itself, e.g. check(my_fn), not check(my_fn())"), raise_on_fail)
+    forbidden = _forbidden(name, reference, forbid)
     for case in cases:
-        got = call_safely(student, *case.args, timeout=timeout, **case.kwargs)
+        with _watch_calls(forbidden) as called:
+            got = call_safely(student, *case.args, timeout=timeout, **case.kwargs)
         where = f" (case: {case.label})" if case.label else ""
+        if called:
+            return finish(CheckResult(
+                name, False, f"you called mmcourse's {called[0]}; this exercise asks you to write it{where}",
+                "write it yourself with torch operations, as the lesson does; the library's version is what "
+                "the check compares against"), raise_on_fail)
         if isinstance(got.error, NotImplementedError):
             # An untouched blank: fail the cell with the student's own NotImplementedError, as
             # nbgrader does, so "not attempted" is not reported as a wrong answer.
@@ -723,6 +758,57 @@ def run_check(
     return finish(CheckResult(name, True, success.format(n=len(cases))), raise_on_fail)
 
 
+def _forbidden(name: str, reference: Any, forbid: Sequence[Callable[..., Any]] | None) -> list[Callable[..., Any]]:
+    """The library functions a student's answer to check `name` must not call."""
+    if forbid is not None:
+        return list(forbid)
+    found = []
+    module = getattr(reference, "__module__", None) or ""
+    if module.startswith("mmcourse.") and not module.startswith("mmcourse.checks"):
+        found.append(reference)
+    for dotted in LIBRARY_ANSWERS.get(name.split(" (")[0].split(",")[0].strip(), ()):  # "info_nce (stable)" -> info_nce
+        parts = dotted.split(".")
+        for cut in range(len(parts) - 1, 0, -1):  # the longest importable module, then attributes
+            module_name = ".".join(parts[:cut])
+            if module_name not in sys.modules:  # never import a module for this: not loaded, not called
+                continue
+            obj: Any = sys.modules[module_name]
+            try:
+                for attr in parts[cut:]:
+                    obj = getattr(obj, attr)
+            except AttributeError:
+                break
+            found.append(obj)
+            break
+    return found
+
+
+@contextlib.contextmanager
+def _watch_calls(functions: Sequence[Callable[..., Any]]):
+    """Yield a list that receives the names of those of `functions` (Python functions or
+    methods) called inside the body, at any depth, in this thread (a `sys.setprofile` hook)."""
+    codes = {}
+    for fn in functions:
+        code = getattr(getattr(fn, "__func__", fn), "__code__", None)
+        if code is not None:
+            codes[code] = getattr(fn, "__name__", "a library function")
+    called: list[str] = []
+    if not codes:
+        yield called
+        return
+
+    def hook(frame, event, arg):
+        if event == "call" and frame.f_code in codes and codes[frame.f_code] not in called:
+            called.append(codes[frame.f_code])
+
+    previous = sys.getprofile()
+    sys.setprofile(hook)
+    try:
+        yield called
+    finally:
+        sys.setprofile(previous)
+
+
 def _error_hint(err: BaseException | None) -> str:
     if isinstance(err, StudentTimeout):
         return "look for a loop whose condition never becomes false"
@@ -735,7 +821,7 @@ def make_check(name: str, reference: Callable[..., Any], cases: Sequence[Case],
                diagnoses: Sequence[Diagnosis] = (), success: str = "matches the reference on {n} cases",
                **options: Any) -> Callable[..., CheckResult]:
     """A check function `check(student_fn, raise_on_fail=True) -> CheckResult` built from its
-    parts; `options` are passed on to `run_check` (rtol, atol, timeout, allow_mutation)."""
+    parts; `options` are passed on to `run_check` (rtol, atol, timeout, allow_mutation, forbid)."""
 
     def check(student: Any, raise_on_fail: bool = True) -> CheckResult:
         return run_check(name, student, reference, cases, diagnoses, success,
@@ -761,3 +847,39 @@ def check_value(name: str, value: Any, expected: Any, message_ok: str = "correct
         if compare(wrong, value, rtol, atol) is None:
             return finish(CheckResult(name, False, message, hint), raise_on_fail)
     return finish(CheckResult(name, False, why, hint), raise_on_fail)
+
+
+# --------------------------------------------------------------------------- grading
+
+
+def _arm(token: str, names: Sequence[str] = ()) -> None:
+    """Called by `mmcourse.grade` (never by a notebook) just before it runs a graded cell.
+
+    Results published from now on carry `token`, which the grader made for this cell alone, so
+    a record printed by other code does not count. The names of `names` that `mmcourse.checks`
+    exports (its `__all__` and every `check_*`) are bound again in the notebook's namespace, so
+    the cell calls the package's checks even if the student assigned `check_x = ...`.
+    """
+    import importlib
+
+    checks = importlib.import_module("mmcourse.checks")
+    namespace: dict[str, Any] = {}
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        namespace = shell.user_ns if shell is not None else {}
+    except ImportError:  # pragma: no cover
+        pass
+    for name in names:
+        if name in checks.__all__ or name.startswith("check_"):
+            try:
+                namespace[name] = getattr(checks, name)
+            except AttributeError:  # not a check of the package: leave the student's name alone
+                pass
+    _GRADING["token"] = token
+
+
+def _disarm() -> None:
+    """Called by the grader after a graded cell: results no longer carry its token."""
+    _GRADING["token"] = None

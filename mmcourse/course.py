@@ -168,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
 
     failures = 0
     for path in paths:
+        before = set(args.cache.glob("*.pt"))
         try:
             seconds = execute_lesson(path, cache=args.cache)
         except NotebookCellError as err:
@@ -175,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"FAILED {err}", file=sys.stderr)
             continue
         size = path.stat().st_size
-        print(f"{path}: {seconds:5.1f} s, {size / 1000:.0f} kB" + ("  (over the 1 MB limit!)" if size > MAX_LESSON_BYTES else ""))
+        trained = sorted(p.name.rsplit("_", 1)[0] for p in set(args.cache.glob("*.pt")) - before)
+        print(f"{path}: {seconds:5.1f} s, {size / 1000:.0f} kB" + ("  (over the 1 MB limit!)" if size > MAX_LESSON_BYTES else "")
+              + (f"; trained and cached: {', '.join(trained)}" if trained else ""))
         if args.html:
             from nbconvert import HTMLExporter
 

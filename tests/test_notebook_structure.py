@@ -81,6 +81,21 @@ def test_marked_outputs_are_printed_figures(path):
 
 
 @pytest.mark.parametrize("path", LESSONS, ids=_id)
+def test_measured_percentages_in_the_prose_are_printed_by_marked_cells(path):
+    """A percentage with a decimal ("93.3 %") in a lesson's text is a measured figure: it must be
+    printed, as written, by a cell whose output nbval compares, so it cannot silently go stale.
+    Figures that need not be exact are phrased as such ("about 95 %", "more than nine in ten")."""
+    cells = _read(path).cells
+    printed = "".join(o.get("text", "") for c in cells if c.cell_type == "code" and MARKER in c.source
+                      for o in c.outputs).replace(" %", "%")
+    for i, cell in enumerate(cells):
+        if cell.cell_type == "markdown":
+            for figure in re.findall(r"\d+\.\d+ ?%", cell.source):
+                assert figure.replace(" ", "") in printed, \
+                    f"{_id(path)}: markdown cell {i} quotes {figure!r}, which no `{MARKER}` cell prints"
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=_id)
 def test_a_widget_has_a_still_picture_above_it(path):
     """A reader without a kernel sees no widget; the code cell right above each widget cell shows
     a PNG of its default view."""

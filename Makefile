@@ -17,8 +17,8 @@ lab: $(VENV)/.runtime  ## set up, then open the course in JupyterLab (http://127
 test: $(VENV)/.dev  ## set up, then run the whole test suite (notebooks included)
 	$(BIN)/python -m pytest -n $(JOBS)
 
-course: $(VENV)/.runtime  ## execute every lesson; executed copies and HTML go to build/course
-	$(BIN)/python -m mmcourse.notebooks build notebooks build/course
+course: $(VENV)/.runtime  ## re-execute every lesson in place (outputs committed; HTML in build/course)
+	$(BIN)/python -m mmcourse.course --html build/course $(LESSONS)
 
 exercises: $(VENV)/.runtime  ## regenerate exercises/ from solutions/
 	$(BIN)/python -m mmcourse.exercises

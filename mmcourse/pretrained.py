@@ -3,6 +3,10 @@
     model, tokenizer, history = load_digits_clip()      # trains ~10 s the first time, then loads
     model, tokenizer, history = load_shapes_clip(holdout=("red circle",))
 
+Lesson 04 trains the digits model through `load_digits_clip(callbacks=[LivePlot()])`, so a learner
+going through lessons 04 -> 05 -> 06 in order trains each model once: lesson 04 the digits model
+(and its shared-head variant), lesson 05 the Shapes model, lesson 06 the two-object Shapes model.
+
 A trained model is saved under a name that hashes everything that determines it (model config,
 training config, data settings, a format version), in `MMCOURSE_CACHE` or else
 `~/.cache/mmcourse`. Files are written atomically (temporary file, then rename), so an

@@ -1,17 +1,23 @@
 """Every committed notebook meets the course's bar for shape: objectives, one setup cell, visible
-checks, summary/exercises/references; committed without outputs, small, valid."""
+checks, summary/exercises/references. Lessons are committed executed, with up-to-date outputs
+(`make course`); solutions and exercises without outputs. All small and valid."""
 from __future__ import annotations
 
+import base64
 import re
 
 import nbformat
 import pytest
 
 from conftest import ROOT
+from mmcourse.course import MAX_LESSON_BYTES, WIDGET_VIEW, stale_cells
 
 LESSONS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-ALL = LESSONS + sorted((ROOT / "solutions").glob("*.ipynb")) + sorted((ROOT / "exercises").glob("*.ipynb"))
-MAX_BYTES = 150_000
+ASSIGNMENTS = sorted((ROOT / "solutions").glob("*.ipynb")) + sorted((ROOT / "exercises").glob("*.ipynb"))
+ALL = LESSONS + ASSIGNMENTS
+MAX_BYTES = 150_000  # a solution or exercise notebook (no outputs)
+MAX_IMAGE_BYTES = 150_000  # one plot: a PNG at a modest resolution
+MARKER = "# NBVAL_CHECK_OUTPUT"
 
 
 def _id(path):
@@ -24,13 +30,82 @@ def _read(path):
     return nb
 
 
-@pytest.mark.parametrize("path", ALL, ids=_id)
-def test_committed_without_outputs_and_small(path):
+@pytest.mark.parametrize("path", ASSIGNMENTS, ids=_id)
+def test_assignments_committed_without_outputs_and_small(path):
     nb = _read(path)
     with_outputs = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.outputs or c.execution_count)]
     assert not with_outputs, f"{_id(path)}: cells {with_outputs} have outputs; clear them before committing"
     assert path.stat().st_size < MAX_BYTES, f"{_id(path)} is {path.stat().st_size} bytes"
     assert nb.metadata.get("kernelspec", {}).get("name") == "python3"
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=_id)
+def test_lesson_outputs_are_up_to_date(path):
+    """Every code cell of a lesson was executed by `make course` from its current source."""
+    problems = stale_cells(_read(path))
+    assert not problems, f"{_id(path)}: outputs out of date; run `make course` (or " \
+                         f"`python -m mmcourse.course {path.relative_to(ROOT)}`):\n  " + "\n  ".join(problems)
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=_id)
+def test_lesson_committed_executed_small_and_readable_without_a_kernel(path):
+    nb = _read(path)
+    size = path.stat().st_size
+    assert size < MAX_LESSON_BYTES, f"{_id(path)} is {size:,} bytes with its outputs (limit {MAX_LESSON_BYTES:,})"
+    assert nb.metadata.get("kernelspec", {}).get("name") == "python3"
+    assert "widgets" not in nb.metadata, f"{_id(path)}: stored widget state (run `make course`, which drops it)"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    for k, cell in enumerate(code):
+        for out in cell.outputs:
+            data = out.get("data", {})
+            assert WIDGET_VIEW not in data, f"{_id(path)}: Cell {k} stores a widget view (shows as an error without a kernel)"
+            assert "image/svg+xml" not in data, f"{_id(path)}: Cell {k}: plots are committed as PNG"
+            if "image/png" in data:
+                png = len(base64.b64decode(data["image/png"]))
+                assert png < MAX_IMAGE_BYTES, f"{_id(path)}: Cell {k} has a {png:,}-byte image; lower its size or dpi"
+            assert out.get("output_type") != "error", f"{_id(path)}: Cell {k} has an error output"
+    assert any("image/png" in o.get("data", {}) for c in code for o in c.outputs) or not any(
+        "plt." in c.source or "plot_" in c.source for c in code), f"{_id(path)} plots, but no plot is committed"
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=_id)
+def test_marked_outputs_are_printed_figures(path):
+    """Cells whose output nbval compares print something, and nothing on stderr (progress bars and
+    warnings vary between runs and would make the comparison flaky)."""
+    code = [c for c in _read(path).cells if c.cell_type == "code"]
+    for k, cell in enumerate(code):
+        if MARKER in cell.source:
+            streams = [o for o in cell.outputs if o.get("output_type") == "stream"]
+            assert any(o.name == "stdout" for o in streams), f"{_id(path)}: marked Cell {k} prints nothing to compare"
+            assert not any(o.name == "stderr" for o in streams), f"{_id(path)}: marked Cell {k} writes to stderr"
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=_id)
+def test_measured_percentages_in_the_prose_are_printed_by_marked_cells(path):
+    """A percentage with a decimal ("93.3 %") in a lesson's text is a measured figure: it must be
+    printed, as written, by a cell whose output nbval compares, so it cannot silently go stale.
+    Figures that need not be exact are phrased as such ("about 95 %", "more than nine in ten")."""
+    cells = _read(path).cells
+    printed = "".join(o.get("text", "") for c in cells if c.cell_type == "code" and MARKER in c.source
+                      for o in c.outputs).replace(" %", "%")
+    for i, cell in enumerate(cells):
+        if cell.cell_type == "markdown":
+            for figure in re.findall(r"\d+\.\d+ ?%", cell.source):
+                assert figure.replace(" ", "") in printed, \
+                    f"{_id(path)}: markdown cell {i} quotes {figure!r}, which no `{MARKER}` cell prints"
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=_id)
+def test_a_widget_has_a_still_picture_above_it(path):
+    """A reader without a kernel sees no widget; the code cell right above each widget cell shows
+    a PNG of its default view."""
+    cells = _read(path).cells
+    code_cells = [c for c in cells if c.cell_type == "code"]
+    for i, cell in enumerate(code_cells):
+        if "widget" in cell.metadata.get("tags", []):
+            above = code_cells[i - 1] if i else None
+            assert above is not None and any("image/png" in o.get("data", {}) for o in above.outputs), \
+                f"{_id(path)}: the widget in Cell {i} has no still picture (a cell with a PNG output) right above it"
 
 
 def test_names_are_numbered_snake_case_and_stems_match():

@@ -1,0 +1,60 @@
+"""Tests for mmcourse.course: stamping executed cells, finding stale ones, cleaning outputs to commit.
+(Executing a lesson in place is tested end to end in test_notebooks.py.)"""
+import hashlib
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
+
+from conftest import ROOT
+from mmcourse.course import (MAX_LESSON_BYTES, STAMP_KEY, WIDGET_VIEW, clean_outputs, lessons, source_hash, stale_cells,
+                             stamp)
+
+
+def executed(*sources):
+    nb = new_notebook(cells=[new_markdown_cell("# 99 · x")] + [new_code_cell(s, execution_count=i + 1)
+                                                              for i, s in enumerate(sources)])
+    return nb
+
+
+def test_source_hash_is_sha256_of_the_text_and_ignores_line_endings():
+    assert source_hash("print(1)") == hashlib.sha256(b"print(1)").hexdigest()[:16]
+    assert source_hash("a\r\nb") == source_hash("a\nb") != source_hash("a\nc")
+
+
+def test_stamped_cells_are_fresh_until_edited_or_added():
+    nb = executed("x = 1", "print(x)")
+    assert [p.split(" (")[0] for p in stale_cells(nb)] == ["Cell 0", "Cell 1"]  # executed, never stamped
+    stamp(nb)
+    assert stale_cells(nb) == []
+    assert nb.cells[1].metadata[STAMP_KEY] == {"source_sha256": source_hash("x = 1")}
+    nb.cells[2].source = "print(x + 1)"
+    assert stale_cells(nb) == ["Cell 1 (`print(x + 1)`) was edited after it was run"]
+    nb.cells[2].source = "print(x)"
+    nb.cells.append(new_code_cell("y = 2"))  # added: no execution count, no stamp
+    assert stale_cells(nb) == ["Cell 2 (`y = 2`) was never executed by `make course`"]
+    nb.cells[0].source += "\nprose edits need no re-run"
+    assert len(stale_cells(nb)) == 1
+
+
+def test_clean_outputs_drops_widget_views_state_and_timestamps_and_joins_streams():
+    nb = executed("print(1); print(2); w")
+    cell = nb.cells[1]
+    cell.metadata["execution"] = {"iopub.status.busy": "2026-11-30T15:00:00"}
+    cell.outputs = [new_output("stream", name="stdout", text="1\n"), new_output("stream", name="stdout", text="2\n"),
+                    new_output("stream", name="stderr", text="progress\n"),
+                    new_output("display_data", data={WIDGET_VIEW: {"model_id": "abc"}, "text/plain": "VBox()"}),
+                    new_output("display_data", data={"image/png": "iVBOR", "text/plain": "<Figure>"})]
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {}}
+    clean_outputs(nb)
+    assert "widgets" not in nb.metadata and "execution" not in cell.metadata
+    assert [(o.output_type, o.get("name")) for o in cell.outputs] == [("stream", "stdout"), ("stream", "stderr"),
+                                                                      ("display_data", None)]
+    assert cell.outputs[0].text == "1\n2\n" and "image/png" in cell.outputs[2].data
+    nbformat.validate(nb)
+
+
+def test_lessons_are_found_by_glob_in_course_order():
+    found = lessons()
+    assert found and found == sorted(found) and all(p.parent == ROOT / "notebooks" for p in found)
+    assert all(p.name[:2].isdigit() and p.name[2] == "_" for p in found)
+    assert MAX_LESSON_BYTES == 1_000_000

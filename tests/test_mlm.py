@@ -223,3 +223,62 @@ def test_fit_trains_a_text_mlm_and_the_loss_falls():
     assert logits.shape == (8, enc["input_ids"].shape[1], TOK.vocab_size)
     with pytest.raises(ValueError, match="MaskingCollator"):
         mlm_loss_fn(model, {"input_ids": enc["input_ids"]})
+
+
+# ---------------------------------------------------------------------------- cached training
+def _tiny_mlm_config(image_conditioned=False):
+    return MLMConfig(vocab_size=TOK.vocab_size, context_length=TOK.context_length, width=16, text_layers=1,
+                     fusion_layers=1, heads=2, image_conditioned=image_conditioned, cnn_channels=(4, 8))
+
+
+@pytest.mark.slow
+def test_text_and_image_mlm_train_once_then_load(tmp_path, monkeypatch):
+    import mmcourse.mlm_pretrained as mp
+    from mmcourse.train import TrainConfig
+
+    fast = TrainConfig(epochs=1, lr=4e-3, progress=False, device="cpu")
+    model, tok, history = mp.load_text_mlm(_tiny_mlm_config(), fast, cache_dir=tmp_path)
+    assert not model.training and len(history.loss) == 49  # (5,000 + 1,259) captions / 128
+    assert 0.0 < history.val[-1]["masked_accuracy"] <= 1.0
+    image_model, _, image_history = mp.load_image_mlm(_tiny_mlm_config(True), fast, cache_dir=tmp_path)
+    assert image_model.config.image_conditioned and len(image_history.loss) == 40  # 5,000 scenes / 128
+    files = sorted(p.name for p in tmp_path.glob("*.pt"))
+    assert len(files) == 2 and files[0].startswith("image_mlm_") and files[1].startswith("text_mlm_")
+
+    monkeypatch.setattr(mp, "fit", lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
+    again, _, history2 = mp.load_text_mlm(_tiny_mlm_config(), fast, cache_dir=tmp_path)
+    assert history2.loss == history.loss
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(again.state_dict()[k], v)
+    with pytest.raises(AssertionError, match="retrained"):  # another masking rate is another model
+        mp.load_text_mlm(_tiny_mlm_config(), fast, mlm_probability=0.15, cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="load_image_mlm"):
+        mp.load_text_mlm(_tiny_mlm_config(True), fast, cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="load_text_mlm"):
+        mp.load_image_mlm(_tiny_mlm_config(False), fast, cache_dir=tmp_path)
+
+
+@pytest.mark.slow
+def test_few_pair_clip_starts_from_the_mlm_text_tower(tmp_path):
+    import mmcourse.mlm_pretrained as mp
+    from mmcourse.models import CLIPConfig
+    from mmcourse.train import TrainConfig
+
+    mlm_cfg, fast = _tiny_mlm_config(), TrainConfig(epochs=1, lr=4e-3, progress=False, device="cpu")
+    clip_cfg = CLIPConfig(image_size=32, in_channels=3, cnn_channels=(4, 8), cnn_stem_stride=2, image_width=16,
+                          vocab_size=TOK.vocab_size, context_length=TOK.context_length, text_width=16, text_layers=1,
+                          text_heads=2, text_causal=False, text_pool="mean", embed_dim=8)
+    one_step = TrainConfig(epochs=1, lr=1e-9, warmup_steps=0, progress=False, device="cpu")  # (almost) no change
+    runs = {init: mp.load_few_pair_clip(init, n_train=50, config=clip_cfg, train_config=one_step, batch_size=50,
+                                        mlm=(mlm_cfg, fast), cache_dir=tmp_path) for init in mp.TEXT_INITS}
+    mlm, _, _ = mp.load_text_mlm(mlm_cfg, fast, cache_dir=tmp_path)
+    for k, v in mlm.text.state_dict().items():
+        torch.testing.assert_close(runs["mlm"].model.text.state_dict()[k], v, atol=1e-6, rtol=1e-5)
+        assert not torch.allclose(runs["scratch"].model.text.state_dict()[k], v) or v.numel() <= 16
+    for k, v in runs["scratch"].model.visual.state_dict().items():  # same image tower start
+        torch.testing.assert_close(runs["mlm"].model.visual.state_dict()[k], v, atol=1e-6, rtol=1e-5)
+    assert "zero_shot_top1" in runs["mlm"].history.val[-1]
+    with pytest.raises(ValueError, match="text_init"):
+        mp.load_few_pair_clip("bert", cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="bidirectional"):
+        mp.load_few_pair_clip("mlm", config=CLIPConfig(), cache_dir=tmp_path)

@@ -13,6 +13,7 @@ uses. Each name lives in one module:
 - `pretrained`: load_digits_clip, load_shapes_clip (train once, then cached)
 - `evaluate`, `analysis`: zero-shot, retrieval, probes; modality gap, occlusion maps
 - `checks`, `exercises`, `grade`, `notebooks`: the classroom tooling
+- `masking`, `mlm`, `mlm_pretrained`: masked language modelling (lesson 07)
 """
 from __future__ import annotations
 
@@ -36,6 +37,11 @@ _API = {
                  "encode_dataset", "linear_probe", "ImageClassifier"],
     "analysis": ["modality_gap", "occlusion_map", "image_text_similarity", "expected_calibration_error"],
 }
+# lesson 07: masked language modelling
+_API["losses"] = _API["losses"] + ["mlm_loss", "masked_token_accuracy"]
+_API["masking"] = ["mask_tokens", "mask_selected", "MaskingCollator"]
+_API["mlm"] = ["MLMConfig", "MaskedLanguageModel", "mlm_loss_fn"]
+_API["mlm_pretrained"] = ["load_text_mlm", "load_image_mlm", "load_few_pair_clip"]
 _WHERE = {name: module for module, names in _API.items() for name in names}
 __all__ = sorted(_WHERE)
 

@@ -1,7 +1,7 @@
 """Checks for assignment 07 (masked language modelling).
 
 * `check_mask_tokens`: BERT's 80/10/10 masking. A random function cannot be compared value by
-  value, so the student's function runs on a large batch (about 27,000 maskable positions, plus
+  value, so the student's function runs on a large batch (about 23,000 maskable positions, plus
   padding and special tokens) and its *statistics* are checked against binomial tolerances:
   nothing special or padded chosen, labels -100 off the chosen positions and the original id on
   them, unchosen positions untouched, ~15% chosen, ~80% [MASK] / ~10% random / ~10% unchanged;

@@ -159,7 +159,7 @@ def test_pll_reference_passes_and_the_cases_tell_the_variants_apart():
     ({"prob": True}, "LOGARITHMS"),
     ({"mean": True}, "the SUM"),
 ])
-def test_pll_mistakes_are_named(kwargs, expected, monkeypatch):
+def test_pll_mistakes_are_named(kwargs, expected):
     wrong = _pll_variant(**kwargs)
     fails_with(checks.check_pseudo_log_likelihood, wrong, expected)
 

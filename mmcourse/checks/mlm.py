@@ -258,7 +258,7 @@ def reference_pseudo_log_likelihood(model, input_ids: torch.Tensor, attention_ma
                                     special_ids, image: torch.Tensor | None = None) -> torch.Tensor:
     """Σ over the real, non-special positions t of log p(x_t | the caption with only t masked)
     (Salazar et al., 2020): (B,) log-likelihoods in nats."""
-    mask_id = _mask_id(special_ids)
+    mask_id = _mask_id()
     can = attention_mask.bool() & ~torch.isin(input_ids, torch.tensor(list(special_ids)))
     total = torch.zeros(input_ids.shape[0], dtype=torch.float64)
     with torch.no_grad():
@@ -273,7 +273,7 @@ def reference_pseudo_log_likelihood(model, input_ids: torch.Tensor, attention_ma
     return total
 
 
-def _mask_id(special_ids) -> int:
+def _mask_id() -> int:
     from ..tokenizer import default_tokenizer
 
     return default_tokenizer().mask_token_id
@@ -305,7 +305,7 @@ def check_pseudo_log_likelihood(pll: Callable[..., Any], raise_on_fail: bool = T
 
     def variant(include_special=False, include_pad=False, all_at_once=False, prob=False, mean=False):
         def wrong(model, input_ids, attention_mask, special_ids, image=None):
-            mask_id = _mask_id(special_ids)
+            mask_id = _mask_id()
             can = torch.ones_like(attention_mask, dtype=torch.bool) if include_pad else attention_mask.bool()
             if not include_special:
                 can = can & ~torch.isin(input_ids, torch.tensor(list(special_ids)))

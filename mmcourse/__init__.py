@@ -16,6 +16,7 @@ uses. Each name lives in one module:
 - `captioning`, `decoding`, `caption_metrics`: a prefix captioner, greedy/beam/sampling, BLEU/CIDEr/CLIPScore
 - `hf`, `pretrained_text`: the CLIP as a transformers `CLIPModel`; a locked pre-trained text tower
 - `checks`, `exercises`, `grade`, `notebooks`: the classroom tooling
+- `masking`, `mlm`, `mlm_pretrained`: masked language modelling (lesson 07)
 """
 from __future__ import annotations
 
@@ -46,6 +47,11 @@ _API = {
     "pretrained_text": ["PretrainedTextEncoder", "LockedTextCLIP", "mean_pool", "load_minilm", "load_digits_locked_clip",
                         "load_shapes_locked_clip"],
 }
+# lesson 07: masked language modelling
+_API["losses"] = _API["losses"] + ["mlm_loss", "masked_token_accuracy"]
+_API["masking"] = ["mask_tokens", "mask_selected", "MaskingCollator"]
+_API["mlm"] = ["MLMConfig", "MaskedLanguageModel", "mlm_loss_fn"]
+_API["mlm_pretrained"] = ["load_text_mlm", "load_image_mlm", "load_few_pair_clip"]
 _WHERE = {name: module for module, names in _API.items() for name in names}
 __all__ = sorted(_WHERE)
 

@@ -271,3 +271,83 @@ class SigLipLoss(nn.Module):
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: Scalar,
                 logit_bias: Scalar, output_dict: bool = False):
         return siglip_loss(image_features, text_features, logit_scale, logit_bias, output_dict=output_dict)
+
+
+# ----------------------------------------------------------------------------- masked language modelling
+# (lesson 07; kept together at the end of the module)
+
+__all__ += ["mlm_loss", "masked_token_accuracy"]
+
+MLM_IGNORE_INDEX = -100  # labels of positions that are not predicted, as Hugging Face and F.cross_entropy use
+
+
+def _check_mlm(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Validate (B, L, V) logits and (B, L) labels; return the (B, L) bool mask of targets."""
+    if not isinstance(logits, torch.Tensor) or logits.dim() < 2:
+        raise ValueError(f"logits must be a (..., V) tensor of token scores, e.g. (B, L, V), got "
+                         f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__}")
+    if not logits.is_floating_point():
+        raise ValueError(f"logits must be a floating-point tensor, got dtype {logits.dtype}")
+    if not isinstance(labels, torch.Tensor) or tuple(labels.shape) != tuple(logits.shape[:-1]):
+        shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise ValueError(f"labels must have the shape of logits without the vocabulary axis, "
+                         f"{tuple(logits.shape[:-1])}, got {shape}")
+    if labels.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"labels must be integer token ids (and -100), got dtype {labels.dtype}")
+    target = labels != MLM_IGNORE_INDEX
+    vocab = logits.shape[-1]
+    bad = target & ((labels < 0) | (labels >= vocab))
+    if bad.any():
+        raise ValueError(f"labels must be token ids in [0, {vocab}) or -100 (not predicted), got "
+                         f"{int(labels[bad][0])}")
+    if not torch.isfinite(logits[target]).all():
+        raise ValueError("logits at the target positions contain NaN or inf: check the model output")
+    return target
+
+
+def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The masked-language-modelling loss of BERT: cross-entropy over the vocabulary at the
+    chosen positions only, averaged over them (labels -100 elsewhere are ignored).
+
+    Args:
+        logits: (B, L, V) token scores (any (..., V) works).
+        labels: (B, L) original token ids at the chosen positions, -100 everywhere else
+            (what `mmcourse.masking.mask_tokens` returns).
+
+    Returns:
+        A scalar tensor: `F.cross_entropy(logits.flatten(0, -2), labels.flatten(),
+        ignore_index=-100)` in nats (float32 for float16/bfloat16 logits). A batch with no chosen
+        position has no term to average: it returns a 0 that is still connected to the graph (so
+        `backward` gives zero gradients), where `F.cross_entropy` alone would return NaN.
+
+    Raises:
+        ValueError: mismatched shapes, non-integer labels, labels outside [0, V) other than -100,
+            NaN or inf logits at a target.
+    """
+    target = _check_mlm(logits, labels)
+    flat_logits = _upcast(logits.reshape(-1, logits.shape[-1]))  # (B*L, V)
+    if not target.any():
+        return flat_logits[:0].sum()  # 0.0, with a grad_fn: nothing to predict in this batch
+    return F.cross_entropy(flat_logits, labels.reshape(-1).long(), ignore_index=MLM_IGNORE_INDEX)
+
+
+def masked_token_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy of the predicted token over the chosen positions only (labels != -100).
+
+    Args:
+        logits: (B, L, V) token scores.
+        labels: (B, L) original ids at the chosen positions, -100 elsewhere.
+
+    Returns:
+        A float in [0, 1]: (argmax == label) averaged over the chosen positions. Unchosen
+        positions (most of them, and all padding) never count.
+
+    Raises:
+        ValueError: as `mlm_loss`, and when no position is chosen (an accuracy of nothing is
+            undefined).
+    """
+    target = _check_mlm(logits, labels)
+    if not target.any():
+        raise ValueError("no chosen position (every label is -100): masked-token accuracy is undefined")
+    pred = logits.detach().argmax(dim=-1)  # (B, L)
+    return (pred[target] == labels[target]).float().mean().item()

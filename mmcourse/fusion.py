@@ -139,8 +139,8 @@ class FiLMFusion(nn.Module):
         super().__init__()
         self.norm = nn.LayerNorm(image_dim, elementwise_affine=False)
         self.film = nn.Linear(text_dim, 2 * image_dim)  # -> (gamma, beta)
-        nn.init.zeros_(self.film.weight)  # start as the identity modulation
-        nn.init.zeros_(self.film.bias)
+        nn.init.normal_(self.film.weight, std=text_dim ** -0.5)  # modulations of order 1 from the start, so
+        nn.init.zeros_(self.film.bias)  # both towers get gradient (zeros would leave the text tower none)
         self.out = nn.Sequential(nn.Linear(n_image_tokens * image_dim, dim), nn.ReLU(), nn.Linear(dim, dim), nn.ReLU())
 
     def forward(self, image_features, text_features, text_mask=None):

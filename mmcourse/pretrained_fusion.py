@@ -30,6 +30,7 @@ from .pretrained import _exclusive, cache_dir, config_hash, load_shapes_clip
 from .train import History, TrainConfig, fit, load_checkpoint, save_atomic
 
 VQA_HOLDOUT = ("red circle", "blue square", "green triangle")  # as lesson 06's DEFAULT_SHAPES_HOLDOUT
+FUSION_CACHE_VERSION = 1  # bump when a change to fusion.py, itm.py or the data changes what a key means
 
 
 # ------------------------------------------------------------------------------ the tokenizer
@@ -69,7 +70,8 @@ def train_or_load_model(name: str, build: Callable[[], nn.Module], model_key: An
         (model in eval mode, its training history).
     """
     settings = {k: v for k, v in asdict(train_config).items() if k not in ("device", "progress", "log_every")}
-    path = cache_dir(cache) / f"{name}_{config_hash(name, model_key, settings, data_key)}.pt"
+    key = config_hash(name, FUSION_CACHE_VERSION, model_key, settings, data_key)
+    path = cache_dir(cache) / f"{name}_{key}.pt"
     with _exclusive(path.with_name(path.name + ".lock")):
         if path.exists() and not force:
             from .utils import get_device

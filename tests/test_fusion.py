@@ -80,13 +80,16 @@ def test_gated_fusion_is_the_gmu_formula():
     torch.testing.assert_close(gmu.gmu(x_v, x_t), h_v, atol=1e-6, rtol=0)
 
 
-def test_film_starts_as_identity_and_modulates_per_channel():
+def test_film_modulates_each_channel_by_the_text():
     torch.manual_seed(0)
     film = FiLMFusion(4, 3, 8, n_image_tokens=5)
     tokens, text = torch.randn(2, 5, 4), torch.randn(2, 3)
-    base = film.out(F.relu(F.layer_norm(tokens, (4,))).flatten(1))
-    torch.testing.assert_close(film(tokens, text), base)  # gamma = beta = 0 at initialisation
+    gamma, beta = (text @ film.film.weight.T + film.film.bias).chunk(2, dim=-1)  # (2, 4) each
+    expected = F.relu((1 + gamma[:, None]) * F.layer_norm(tokens, (4,)) + beta[:, None])
+    torch.testing.assert_close(film(tokens, text), film.out(expected.flatten(1)))
+    assert not torch.allclose(film(tokens, text), film(tokens, -text))  # the text changes the output
     with torch.no_grad():
+        film.film.weight.zero_()
         film.film.bias.copy_(torch.tensor([1.0, 0, 0, 0, 0, 0, 0, 0.5]))  # gamma_0 = 1, beta_3 = 0.5
     scaled = F.layer_norm(tokens, (4,)) * torch.tensor([2.0, 1, 1, 1]) + torch.tensor([0, 0, 0, 0.5])
     torch.testing.assert_close(film(tokens, text), film.out(F.relu(scaled).flatten(1)))

@@ -72,6 +72,8 @@ LIBRARY_ANSWERS: dict[str, tuple[str, ...]] = {
     "zero_shot_classifier": ("mmcourse.evaluate.build_zero_shot_classifier",),
     "recall_at_k": ("mmcourse.evaluate.retrieval_ranks", "mmcourse.evaluate.retrieval_metrics"),
     "modality_gap": ("mmcourse.analysis.modality_gap",),
+    "caption_ranks": ("mmcourse.evaluate.retrieval_ranks", "mmcourse.evaluate.retrieval_metrics"),
+    "rank_summary": ("mmcourse.evaluate.retrieval_metrics",),
 }
 
 # Set by the grader around each graded cell (see `_arm`); never by a notebook.

@@ -12,6 +12,8 @@ uses. Each name lives in one module:
 - `models`: CLIPConfig, CLIP and its encoders
 - `train`: TrainConfig, fit, History (the course's one training loop)
 - `pretrained`: load_digits_clip, load_shapes_clip (train once, then cached)
+- `fusion`, `itm`, `pretrained_fusion`: fusion modules and classifiers, ITM with hard negatives,
+  the cached models of lesson 08
 - `evaluate`, `analysis`: zero-shot, retrieval, probes; modality gap, occlusion maps
 - `captioning`, `decoding`, `caption_metrics`: a prefix captioner, greedy/beam/sampling, BLEU/CIDEr/CLIPScore
 - `hf`, `pretrained_text`: the CLIP as a transformers `CLIPModel`; a locked pre-trained text tower
@@ -32,13 +34,17 @@ _API = {
     "plots": ["plot_similarity_matrix", "plot_softmax_bars", "show_image_grid", "plot_history",
               "plot_embeddings_2d", "plot_modality_gap", "plot_occlusion_maps"],
     "data": ["CaptionedDigits", "Shapes", "make_collate", "make_digits_splits", "digits_dataloaders",
-             "shapes_dataloaders"],
+             "shapes_dataloaders", "ShapesVQA", "FacesSentiment"],
     "tokenizer": ["CaptionTokenizer", "build_tokenizer", "load_tokenizer", "default_tokenizer"],
     "models": ["CLIPConfig", "CLIP", "CLIPOutput", "SmallCNN", "TinyViT", "TextTransformer", "BagOfWords"],
     "train": ["TrainConfig", "History", "fit", "LivePlot", "save_checkpoint", "load_checkpoint"],
     "pretrained": ["load_digits_clip", "load_shapes_clip", "PretrainedCLIP"],
     "evaluate": ["build_zero_shot_classifier", "zero_shot_logits", "accuracy", "retrieval_metrics",
                  "encode_dataset", "linear_probe", "ImageClassifier"],
+    "fusion": ["FusionConfig", "FusionModel", "LateFusion", "ConcatFusion", "GatedFusion", "FiLMFusion",
+               "CrossAttentionFusion", "classification_loss_fn"],
+    "itm": ["hard_negative_weights", "sample_hard_negatives", "same_caption_mask", "itm_loss_fn", "itm_scores"],
+    "pretrained_fusion": ["load_vqa_model", "load_sentiment_model", "load_itm_model", "fusion_tokenizer"],
     "analysis": ["modality_gap", "occlusion_map", "image_text_similarity", "expected_calibration_error"],
     "captioning": ["CaptionerConfig", "PrefixCaptioner", "caption_loss", "caption_labels", "load_captioner"],
     "decoding": ["greedy_search", "beam_search", "sample", "Generation"],

@@ -1,0 +1,244 @@
+"""Train once, then cache: the fusion models of lesson 08 (VQA, sentiment, image–text matching).
+
+    model, history = load_vqa_model("film")                 # trains a few seconds the first time
+    model, history = load_vqa_model("cross_attention", from_clip=True)
+    model, history = load_sentiment_model("concat")
+    model, history = load_itm_model(hard=True)
+
+Same cache as `mmcourse.pretrained` (`cache_dir`, keyed by `config_hash` of everything that
+determines the model, written atomically, one inter-process lock per entry); these models are
+`FusionModel`s rather than `CLIP`s, so `train_or_load_model` takes a `build` function.
+`fusion_tokenizer()` is the course tokenizer with the questions' and messages' words appended:
+the ids of the original words do not change, so a trained CLIP's text tower still reads them.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import warnings
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn as nn
+
+from .fusion import FusionConfig, FusionModel, classification_loss_fn
+from .models import CLIPConfig
+from .pretrained import _exclusive, cache_dir, config_hash, load_shapes_clip
+from .train import History, TrainConfig, fit, load_checkpoint, save_atomic
+
+VQA_HOLDOUT = ("red circle", "blue square", "green triangle")  # as lesson 06's DEFAULT_SHAPES_HOLDOUT
+
+
+# ------------------------------------------------------------------------------ the tokenizer
+
+@functools.lru_cache(maxsize=1)
+def fusion_tokenizer():
+    """`default_tokenizer()` plus every new word of the VQA questions and sentiment messages,
+    appended after the existing ids (which stay the same)."""
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers
+
+    from .data import faces_corpus, vqa_corpus
+    from .tokenizer import _wrap, default_tokenizer
+
+    base = default_tokenizer()
+    spec = json.loads(base.hf.backend_tokenizer.to_str())
+    vocab = spec["model"]["vocab"]
+    splitter = pre_tokenizers.Whitespace()
+    norm = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    for text in vqa_corpus() + faces_corpus():
+        for word, _ in splitter.pre_tokenize_str(norm.normalize_str(text)):
+            if word not in vocab:
+                vocab[word] = len(vocab)
+    return _wrap(Tokenizer.from_str(json.dumps(spec)), base.context_length)
+
+
+# ------------------------------------------------------------------------------ the cache
+
+def train_or_load_model(name: str, build: Callable[[], nn.Module], model_key: Any, train_config: TrainConfig,
+                        make_loader: Callable[[], Any], data_key: dict[str, Any], loss_fn: Callable,
+                        cache: str | os.PathLike | None = None, force: bool = False) -> tuple[nn.Module, History]:
+    """`mmcourse.pretrained.train_or_load` for any module: load `name` from the cache if a model
+    with exactly these settings (`model_key`, the training config, `data_key`) was trained before;
+    otherwise `torch.manual_seed(train_config.seed)`, `build()`, train with `fit(loss_fn=...)`,
+    and cache it.
+
+    Returns:
+        (model in eval mode, its training history).
+    """
+    settings = {k: v for k, v in asdict(train_config).items() if k not in ("device", "progress", "log_every")}
+    key = config_hash(name, model_key, settings, data_key)  # includes pretrained.CACHE_VERSION
+    path = cache_dir(cache) / f"{name}_{key}.pt"
+    with _exclusive(path.with_name(path.name + ".lock")):
+        if path.exists() and not force:
+            from .utils import get_device
+
+            saved = load_checkpoint(path)
+            torch.manual_seed(train_config.seed)
+            model = build()
+            model.load_state_dict(saved["model"])
+            model.to(torch.device(train_config.device) if train_config.device else get_device())
+            return model.eval(), History.from_dict(saved["history"])
+        partial = path.with_name(path.stem + ".partial.pt")
+        if force:
+            partial.unlink(missing_ok=True)
+        torch.manual_seed(train_config.seed)  # the initial weights depend on the seed only
+        model = build()
+        history = fit(model, make_loader(), train_config, loss_fn=loss_fn, checkpoint_path=partial, resume=True)
+        if history.stopped == "interrupted":
+            warnings.warn(f"training was interrupted; the next call resumes from {partial}", stacklevel=2)
+            return model.eval(), history
+        save_atomic({"model": {k: v.cpu() for k, v in model.state_dict().items()}, "model_key": model_key,
+                     "train_config": asdict(train_config), "data": data_key, "history": history.to_dict()}, path)
+        partial.unlink(missing_ok=True)
+        return model.eval(), history
+
+
+def _loader(dataset, tokenizer, batch_size: int, seed: int):
+    from torch.utils.data import DataLoader
+
+    from .data import make_collate
+
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, collate_fn=make_collate(tokenizer),
+                      generator=torch.Generator().manual_seed(seed))
+
+
+# ------------------------------------------------------------------------------ VQA
+
+def vqa_towers(tokenizer=None) -> CLIPConfig:
+    """Towers for VQA trained from scratch: a CNN on 32x32 RGB scenes whose last feature map is
+    4x4 (16 image tokens of width 64), and a 2-layer text Transformer of width 64."""
+    tokenizer = tokenizer or fusion_tokenizer()
+    return CLIPConfig(image_encoder="cnn", image_size=32, in_channels=3, image_width=64, cnn_channels=(16, 32, 64),
+                      cnn_stem_stride=2, vocab_size=tokenizer.vocab_size, context_length=tokenizer.context_length,
+                      text_width=64, text_layers=2, text_heads=4, pad_token_id=tokenizer.pad_token_id)
+
+
+def vqa_train_config(**changes) -> TrainConfig:
+    """6 epochs of batch 128 over 20,000 questions (940 steps), peak learning rate 3e-3."""
+    return replace(TrainConfig(epochs=6, lr=3e-3, weight_decay=0.05, warmup_fraction=0.05, progress=False), **changes)
+
+
+def load_vqa_model(fusion: str, from_clip: bool = False, balanced: bool = True, n_train: int = 20000,
+                   train_config: TrainConfig | None = None, batch_size: int = 128, seed: int = 0,
+                   cache: str | os.PathLike | None = None, force: bool = False) -> tuple[FusionModel, History]:
+    """A VQA classifier over `ANSWERS` with the given fusion, trained on `ShapesVQA("train")`
+    (with `VQA_HOLDOUT` held out), from the cache or trained now.
+
+    Args:
+        fusion: one of `mmcourse.fusion.FUSIONS` ("text" is the question-only model).
+        from_clip: start the towers from the two-object Shapes CLIP of lesson 06
+            (`load_shapes_clip(two_objects=True)`, itself cached) instead of from scratch.
+        balanced: train on the balanced (default) or the biased questions.
+        n_train, train_config, batch_size, seed, cache, force: the data, training and cache.
+
+    Returns:
+        (model in eval mode, training history).
+    """
+    from .data import ANSWERS, ShapesVQA
+
+    tokenizer = fusion_tokenizer()
+    train_config = train_config or vqa_train_config()
+    if from_clip:
+        clip = load_shapes_clip(two_objects=True).model.cpu()
+        state = {k: v.clone() for k, v in clip.state_dict().items()}
+        towers = replace(clip.config, vocab_size=tokenizer.vocab_size)
+
+        def build():
+            clip.load_state_dict(state)
+            return FusionModel.from_clip(clip, fusion, len(ANSWERS), vocab_size=tokenizer.vocab_size, layers=2)
+    else:
+        towers = vqa_towers(tokenizer)
+
+        def build():
+            return FusionModel(FusionConfig(fusion=fusion, num_classes=len(ANSWERS), towers=towers, layers=2))
+    key = {"fusion": fusion, "towers": asdict(towers), "from_clip": from_clip, "layers": 2}
+    make = lambda: _loader(ShapesVQA("train", n=n_train, seed=seed, balanced=balanced, holdout=VQA_HOLDOUT),  # noqa: E731
+                           tokenizer, batch_size, seed)
+    return train_or_load_model("vqa", build, key, train_config, make,
+                               {"n_train": n_train, "balanced": balanced, "holdout": VQA_HOLDOUT, "seed": seed,
+                                "batch_size": batch_size}, classification_loss_fn, cache, force)
+
+
+# ------------------------------------------------------------------------------ sentiment
+
+def faces_towers(tokenizer=None) -> CLIPConfig:
+    """Towers for the faces: a CNN on 32x32 grey images (4x4 tokens of width 32), a 1-layer text
+    Transformer of width 32."""
+    tokenizer = tokenizer or fusion_tokenizer()
+    return CLIPConfig(image_encoder="cnn", image_size=32, in_channels=1, image_width=32, cnn_channels=(8, 16, 32),
+                      cnn_stem_stride=2, vocab_size=tokenizer.vocab_size, context_length=tokenizer.context_length,
+                      text_width=32, text_layers=1, text_heads=4, pad_token_id=tokenizer.pad_token_id)
+
+
+def sentiment_train_config(**changes) -> TrainConfig:
+    """20 epochs of batch 128 over 4,000 posts (640 steps), peak learning rate 3e-3."""
+    return replace(TrainConfig(epochs=20, lr=3e-3, weight_decay=0.05, warmup_fraction=0.05, progress=False), **changes)
+
+
+def load_sentiment_model(fusion: str, n_train: int = 4000, train_config: TrainConfig | None = None,
+                         batch_size: int = 128, seed: int = 0, cache: str | os.PathLike | None = None,
+                         force: bool = False) -> tuple[FusionModel, History]:
+    """A kind/mean classifier of face + message posts (`FacesSentiment`) with the given fusion.
+
+    Returns:
+        (model in eval mode, training history).
+    """
+    from .data import FacesSentiment
+
+    tokenizer = fusion_tokenizer()
+    train_config = train_config or sentiment_train_config()
+    towers = faces_towers(tokenizer)
+    config = FusionConfig(fusion=fusion, num_classes=2, towers=towers, dim=32, heads=4)
+    make = lambda: _loader(FacesSentiment("train", n=n_train, seed=seed), tokenizer, batch_size, seed)  # noqa: E731
+    return train_or_load_model("sentiment", lambda: FusionModel(config), asdict(config), train_config, make,
+                               {"n_train": n_train, "seed": seed, "batch_size": batch_size},
+                               classification_loss_fn, cache, force)
+
+
+# ------------------------------------------------------------------------------ image–text matching
+
+def itm_train_config(**changes) -> TrainConfig:
+    """4 epochs of batch 64 over 10,000 two-object scenes (628 steps), peak learning rate 1e-3."""
+    return replace(TrainConfig(epochs=4, lr=1e-3, weight_decay=0.05, warmup_fraction=0.05, progress=False), **changes)
+
+
+def load_itm_model(hard: bool = True, n_train: int = 10000, train_config: TrainConfig | None = None,
+                   batch_size: int = 64, seed: int = 0, cache: str | os.PathLike | None = None,
+                   force: bool = False) -> tuple[FusionModel, History]:
+    """A 2-way image–text matcher (cross-attention fusion, towers from lesson 06's two-object
+    CLIP) trained with ITM on two-object Shapes scenes, with hard (ALBEF) or random negatives
+    drawn using that CLIP's similarities.
+
+    Returns:
+        (model in eval mode, training history).
+    """
+    from .data import Shapes
+    from .itm import itm_loss_fn
+    from .pretrained import DEFAULT_SHAPES_HOLDOUT
+
+    clip = load_shapes_clip(two_objects=True).model.cpu().eval()
+    for p in clip.parameters():
+        p.requires_grad_(False)
+    state = {k: v.clone() for k, v in clip.state_dict().items()}
+    tokenizer = fusion_tokenizer()
+    train_config = train_config or itm_train_config()
+
+    def build():
+        clip.load_state_dict(state)
+        return FusionModel.from_clip(clip, "cross_attention", 2, vocab_size=tokenizer.vocab_size, layers=2)
+
+    def similarity(batch):
+        device = batch["image"].device
+        clip.to(device)
+        return clip(batch["image"], batch["input_ids"], batch["attention_mask"]).logits_per_image
+
+    make = lambda: _loader(Shapes("train", n=n_train, seed=seed, two_objects=True, holdout=DEFAULT_SHAPES_HOLDOUT),  # noqa: E731
+                           tokenizer, batch_size, seed)
+    key = {"towers": asdict(replace(clip.config, vocab_size=tokenizer.vocab_size)), "hard": hard, "layers": 2}
+    return train_or_load_model("itm", build, key, train_config, make,
+                               {"n_train": n_train, "seed": seed, "batch_size": batch_size,
+                                "holdout": DEFAULT_SHAPES_HOLDOUT},
+                               itm_loss_fn(similarity, hard=hard, seed=seed), cache, force)

@@ -1,0 +1,72 @@
+"""Lesson 08's cached models: the extended tokenizer keeps the course's ids, models train once and
+then load from the cache, and the loaders build what they promise."""
+import pytest
+import torch
+
+import mmcourse.pretrained_fusion as pf
+from mmcourse.data import faces_corpus, vqa_corpus
+from mmcourse.fusion import FUSIONS, FusionModel
+from mmcourse.tokenizer import default_tokenizer, caption_corpus
+
+FAST = dict(epochs=1, progress=False, device="cpu")
+
+
+def test_fusion_tokenizer_keeps_the_course_ids_and_knows_every_new_word():
+    base, tok = default_tokenizer(), pf.fusion_tokenizer()
+    assert tok.vocab_size > base.vocab_size
+    for word, i in base.get_vocab().items():
+        assert tok.get_vocab()[word] == i
+    sample = caption_corpus()[::50]
+    torch.testing.assert_close(tok(sample)["input_ids"], base(sample)["input_ids"])
+    ids = tok(vqa_corpus() + faces_corpus())["input_ids"]
+    assert not (ids == tok.unk_token_id).any()
+    assert (base(["is there a red circle?"])["input_ids"] == base.unk_token_id).any()  # "?" was unknown before
+
+
+class Tiny(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Linear(2, 2)
+
+    def forward(self, x):
+        return self.w(x)
+
+
+def test_train_or_load_model_trains_once(tmp_path, monkeypatch):
+    data = [(torch.randn(4, 2), torch.randint(0, 2, (4,))) for _ in range(3)]
+    loss = lambda m, b: torch.nn.functional.cross_entropy(m(b[0]), b[1])  # noqa: E731
+    args = ("tiny", Tiny, {"width": 2}, pf.TrainConfig(**FAST), lambda: data, {"n": 3}, loss, tmp_path)
+    model, history = pf.train_or_load_model(*args)
+    assert len(history.loss) == 3 and not model.training
+    assert [p.name for p in tmp_path.glob("tiny_*.pt")] and not list(tmp_path.glob("*.partial.pt"))
+    monkeypatch.setattr(pf, "fit", lambda *a, **k: pytest.fail("should have loaded from the cache"))
+    again, history2 = pf.train_or_load_model(*args)
+    assert history2.loss == history.loss
+    torch.testing.assert_close(again.w.weight, model.w.weight)
+    with pytest.raises(pytest.fail.Exception):  # another model key trains again
+        pf.train_or_load_model("tiny", Tiny, {"width": 3}, *args[3:])
+
+
+@pytest.mark.parametrize("fusion", ["text", "film"])
+def test_load_sentiment_and_vqa_models(tmp_path, fusion):
+    model, history = pf.load_sentiment_model(fusion, n_train=64, train_config=pf.sentiment_train_config(**FAST),
+                                             cache=tmp_path)
+    assert isinstance(model, FusionModel) and model.config.fusion == fusion and model.config.num_classes == 2
+    assert len(history.loss) == 1
+    model, history = pf.load_vqa_model(fusion, n_train=64, train_config=pf.vqa_train_config(**FAST), cache=tmp_path)
+    assert model.config.num_classes == 15 and model.config.towers.vocab_size == pf.fusion_tokenizer().vocab_size
+    assert len(list(tmp_path.glob("*.pt"))) == 2
+    assert fusion in FUSIONS
+
+
+@pytest.mark.slow
+def test_itm_and_vqa_from_clip_start_from_lesson_06s_towers(tmp_path):
+    from mmcourse.pretrained import load_shapes_clip
+
+    clip = load_shapes_clip(two_objects=True).model.cpu()
+    model, history = pf.load_itm_model(hard=True, n_train=128, train_config=pf.itm_train_config(**FAST), cache=tmp_path)
+    assert model.config.num_classes == 2 and len(history.loss) == 128 // 64  # one epoch of batches of 64
+    fresh, _ = pf.load_vqa_model("cross_attention", from_clip=True, n_train=64,
+                                 train_config=pf.vqa_train_config(**FAST, lr=1e-12), cache=tmp_path)
+    # a learning rate of ~0 leaves the image tower where the CLIP's was (BatchNorm statistics aside)
+    torch.testing.assert_close(fresh.visual.convs[0].weight, clip.visual.convs[0].weight, atol=1e-6, rtol=0)

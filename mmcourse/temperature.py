@@ -33,6 +33,7 @@ from .norms import l2_normalize
 from .plots import plot_softmax_bars
 
 DEFAULT_SIMILARITIES = (0.8, 0.7, 0.55, 0.3, 0.1, -0.1, -0.4)  # pos, 2 hard negatives, easy ones
+PREDICTION_SIMILARITIES = (0.6, 0.5, 0.2, -0.1, -0.5)  # assignment 02's row, never shown in the lesson
 DEFAULT_TEMPERATURES = (0.01, 0.07, 0.2, 1.0)
 TAU_MIN, TAU_MAX = 1e-3, 10.0
 

@@ -237,12 +237,18 @@ def test_gradient_weights_names_mistake(bad, fragment):
 
 
 def test_temperature_predictions():
-    assert check_temperature_predictions(math.log(7), 1.0).passed
-    assert check_temperature_predictions(1.95, 0.999).passed
-    for args, fragment in [((0.0, 1.0), "limit τ → 0"), ((1 / 7, 1.0), "probability of the positive"),
-                           ((math.log(6), 1.0), "log 7, not log 6"), ((math.log(7), 1 / 6), "share at large τ"),
-                           ((3.0, 1.0), "is not the limit"), ((math.log(7), 0.5), "is not the share"),
-                           ((math.log(7), 99.9), "looks like a percentage")]:
+    from mmcourse.checks.infonce import PREDICTION_SIMILARITIES, PREDICTION_TAU
+    # the share by hand: e^(s/τ) over the four negatives of (0.6 | 0.5, 0.2, -0.1, -0.5) at τ = 0.1
+    w = [math.exp(x / PREDICTION_TAU) for x in PREDICTION_SIMILARITIES[1:]]
+    assert w[0] / sum(w) == pytest.approx(0.9503, abs=1e-4)
+    assert check_temperature_predictions(math.log(5), 0.95).passed
+    assert check_temperature_predictions(1.61, 0.9503).passed
+    for args, fragment in [((0.0, 0.95), "limit τ → 0"), ((1 / 5, 0.95), "probability of the positive"),
+                           ((math.log(4), 0.95), "log 5, not log 4"), ((math.log(5), 1 / 4), "share at large τ"),
+                           ((3.0, 0.95), "is not the limit"), ((math.log(5), 0.5), "is not the share"),
+                           ((math.log(5), 95.03), "looks like a percentage"),
+                           ((math.log(5), 0.2652), "probability among all candidates"),
+                           ((math.log(5), 1.0), "not yet one-hot")]:
         with pytest.raises(CheckFailed, match=None) as err:
             check_temperature_predictions(*args)
         assert fragment in str(err.value), (args, str(err.value))

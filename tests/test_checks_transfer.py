@@ -291,3 +291,29 @@ def test_shift_gap_right_answer_passes():
 ])
 def test_shift_gap_mistakes_are_named(wrong, fragment):
     fails_with(T.check_shift_gap, wrong, fragment)
+
+
+# -- first attempts a learner made while trying the tasks, each named -----------------------------
+
+@pytest.mark.parametrize("check, wrong, fragment", [
+    (T.check_siglip_loss, T._siglip_with(labels="none"), "label sign is missing"),
+    (T.check_simplex_floor, lambda n, t: math.log1p((n - 1) * math.exp(-(1 + 1 / n) / t)), "not −1/n"),
+    (T.check_soft_clip_loss, lambda i, t, s, y: 2 * T.reference_soft_clip_loss(i, t, s, y), "added the two directions"),
+    (T.check_caption_ranks, lambda lg, idx: T._reference_caption_ranks(lg, idx) + 1, "1-based"),
+    (T.check_rank_summary, lambda r: (r.float().mean().item(), math.floor(np.median(r.numpy()))), "0-based"),
+    (T.check_shift_gap, lambda i, t, lam: (
+        F.normalize(i - lam / 2 * (F.normalize(i, dim=-1).mean(0) - F.normalize(t, dim=-1).mean(0)), dim=-1),
+        F.normalize(t + lam / 2 * (F.normalize(i, dim=-1).mean(0) - F.normalize(t, dim=-1).mean(0)), dim=-1)),
+     "RAW embeddings"),
+])
+def test_learners_first_attempts_are_named(check, wrong, fragment):
+    message = fails_with(check, wrong, fragment)
+    assert "Hint:" in message
+
+
+def test_root_two_is_named_in_question_05_1():
+    from mmcourse.checks import CheckFailed
+    from mmcourse.checks.questions import check_answer
+    with pytest.raises(CheckFailed, match="SUM"):
+        check_answer("05.1", 2 ** 0.5)
+    assert check_answer("04.4", "(a)").passed

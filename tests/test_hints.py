@@ -101,7 +101,7 @@ def test_the_same_mistake_again_shows_the_next_tier(fresh):
 
 
 def test_hint_asks_for_more_and_stops_at_the_last_tier(fresh, capsys):
-    assert hint() is None and "no check has failed" in capsys.readouterr().out
+    assert hint() is None and "no failed check" in capsys.readouterr().out
     with pytest.raises(CheckFailed):
         _check(lambda x: 3 * x)
     hint()
@@ -110,7 +110,7 @@ def test_hint_asks_for_more_and_stops_at_the_last_tier(fresh, capsys):
     hint()
     hint()
     out = capsys.readouterr().out
-    assert "Hint 3: third: closest" in out and "closest hint there is" in out
+    assert "Hint 3: third: closest" in out and "last hint there is" in out
 
 
 def test_a_pass_resets_the_tiers(fresh):
@@ -148,3 +148,10 @@ def test_two_mistakes_that_fit_everywhere_are_both_named(fresh):
         _double_check(lambda x: 3 * x, diagnoses)
     text = str(info.value)
     assert "more than one mistake" in text and "multiplied by 3" in text and "added x three times" in text
+
+
+def test_hint_after_a_pass_does_not_bring_back_the_fixed_mistake(fresh, capsys):
+    with pytest.raises(CheckFailed):
+        _check(lambda x: 3 * x)
+    assert _check(lambda x: 2 * x).passed
+    assert hint() is None and "your last attempt passed" in capsys.readouterr().out

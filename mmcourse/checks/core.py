@@ -72,6 +72,8 @@ LIBRARY_ANSWERS: dict[str, tuple[str, ...]] = {
     "zero_shot_classifier": ("mmcourse.evaluate.build_zero_shot_classifier",),
     "recall_at_k": ("mmcourse.evaluate.retrieval_ranks", "mmcourse.evaluate.retrieval_metrics"),
     "modality_gap": ("mmcourse.analysis.modality_gap",),
+    "caption_ranks": ("mmcourse.evaluate.retrieval_ranks", "mmcourse.evaluate.retrieval_metrics"),
+    "rank_summary": ("mmcourse.evaluate.retrieval_metrics",),
 }
 
 # Set by the grader around each graded cell (see `_arm`); never by a notebook.
@@ -584,14 +586,14 @@ def hint(level: int | None = None) -> CheckResult | None:
     """
     result = _LAST_FAILURE["result"]
     if result is None:
-        print("no check has failed yet in this session: nothing to hint at")
+        print("no failed check to hint at: none has failed yet, or your last attempt passed")
         return None
     most = 1 + len(result.more)
     result.level = min(most, level if level is not None else result.level + 1)
     lines = [f"{result.name}: {result.message}"]
     lines += [f"  Hint{'' if i == 1 else f' {i}'}: {h}" for i, h in enumerate(result.hints(), start=1)]
     if result.level >= most:
-        lines.append("  (that is the closest hint there is: compare it with your code line by line)")
+        lines.append("  (that is the last hint there is: go through your answer step by step against it)")
     print("\n".join(lines))
     return result
 
@@ -604,6 +606,9 @@ def finish(result: CheckResult, raise_on_fail: bool = True) -> CheckResult:
     if result.passed:
         for key in [k for k in _FAILURES if k[0] == result.name]:  # solved: start afresh next time
             del _FAILURES[key]
+        last = _LAST_FAILURE["result"]
+        if last is not None and last.name == result.name:
+            _LAST_FAILURE["result"] = None  # hint() must not bring back a mistake already fixed
         publish(result)
         return result
     key = (result.name, result.message)

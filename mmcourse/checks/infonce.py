@@ -286,12 +286,22 @@ def check_gradient_weights(gradient_weights, raise_on_fail: bool = True) -> Chec
                      success="matches autograd on {n} rows, τ from 0.01 to 1", raise_on_fail=raise_on_fail)
 
 
+# Assignment 02's prediction is about a row the lesson never showed, so its numbers are not in the
+# lesson's output: K = 5 candidates, the first the positive, at τ = 0.1.
+PREDICTION_SIMILARITIES = temp.PREDICTION_SIMILARITIES
+PREDICTION_TAU = 0.1
+
+
 def check_temperature_predictions(loss_at_large_tau: float, hardest_share_at_small_tau: float,
                                   raise_on_fail: bool = True) -> CheckResult:
-    """Exercise 02.1: numbers predicted before moving the slider, for `DEFAULT_SIMILARITIES`
-    (K = 7 candidates): the loss as τ → ∞ and the share of the push on the hardest negative at τ = 0.01."""
-    k = len(temp.DEFAULT_SIMILARITIES)
-    share = temp.explore(temp.DEFAULT_SIMILARITIES, 0.01).negative_share.max().item()
+    """Exercise 02.1: numbers predicted before moving the slider, for `PREDICTION_SIMILARITIES`
+    (K = 5 candidates, candidate 0 the positive): the loss as τ → ∞, and the share of the push on
+    the hardest negative at τ = `PREDICTION_TAU` (a fraction between 0 and 1)."""
+    row = PREDICTION_SIMILARITIES
+    k = len(row)
+    share = temp.explore(row, PREDICTION_TAU).negative_share.max().item()
+    weights = [math.exp(x / PREDICTION_TAU) for x in row]
+    p_hardest = weights[1] / sum(weights)  # a probability over all K candidates, not a share of the push
     name = "temperature predictions"
     if compare(math.log(k), loss_at_large_tau, rtol=0, atol=0.02) is not None:
         wrong = [(0.0, "a loss of 0 is the limit τ → 0 (the positive is the most similar, so it wins); "
@@ -300,17 +310,26 @@ def check_temperature_predictions(loss_at_large_tau: float, hardest_share_at_sma
                  (math.log(k - 1), f"the positive is one of the K = {k} candidates: log {k}, not log {k - 1}")]
         msg = next((m for w, m in wrong if compare(w, loss_at_large_tau, rtol=0, atol=0.02) is None),
                    f"loss_at_large_tau = {loss_at_large_tau!r} is not the limit of the loss as τ → ∞")
-        return finish(CheckResult(name, False, msg, "at large τ every logit s/τ → 0: what is the softmax then?"),
+        return finish(CheckResult(name, False, msg, ("at large τ every logit s/τ → 0: what is the softmax then?",
+                                                     "the loss is −log of the positive's probability")),
                       raise_on_fail)
     if compare(share, hardest_share_at_small_tau, rtol=0, atol=0.01) is not None:
+        hint = ("the push on negative j is proportional to p_j, so its share is p_j divided by the sum over the "
+                "negatives only", f"compute e^(s_j/τ) with τ = {PREDICTION_TAU} for the {k - 1} negatives")
         if compare(100 * share, hardest_share_at_small_tau, rtol=0, atol=1.0) is None:
             msg = (f"{hardest_share_at_small_tau!r} looks like a percentage: a share is a fraction between 0 and 1 "
                    f"(the widget shows it as a percentage)")
-        elif compare(1 / (k - 1), hardest_share_at_small_tau, rtol=0, atol=0.01) is None:
+        elif compare(p_hardest, hardest_share_at_small_tau, rtol=0, atol=0.005) is None:
+            msg = ("that is the hardest negative's probability among all candidates; its share of the push divides "
+                   "by the negatives only (the positive is pulled, not pushed)")
+        elif compare(1 / (k - 1), hardest_share_at_small_tau, rtol=0, atol=0.005) is None:
             msg = f"1/{k - 1} is the share at large τ, where the push is spread evenly over the {k - 1} negatives"
+        elif compare(1.0, hardest_share_at_small_tau, rtol=0, atol=0.01) is None:
+            msg = f"at τ = {PREDICTION_TAU} the softmax is sharp but not yet one-hot: the second negative still gets some"
         else:
-            msg = f"hardest_share_at_small_tau = {hardest_share_at_small_tau!r} is not the share at τ = 0.01"
-        return finish(CheckResult(name, False, msg, "at small τ the softmax over the negatives is almost one-hot "
-                                  "on the most similar one"), raise_on_fail)
+            msg = (f"hardest_share_at_small_tau = {hardest_share_at_small_tau!r} is not the share at "
+                   f"τ = {PREDICTION_TAU}")
+        return finish(CheckResult(name, False, msg, hint), raise_on_fail)
     return finish(CheckResult(name, True, f"right: as τ → ∞ the softmax is uniform and L → log {k} ≈ {math.log(k):.3f}; "
-                              f"at τ = 0.01 the hardest negative takes {100 * share:.2f}% of the push"), raise_on_fail)
+                              f"at τ = {PREDICTION_TAU} the hardest negative takes {100 * share:.1f}% of the push"),
+                  raise_on_fail)

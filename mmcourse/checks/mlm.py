@@ -196,7 +196,9 @@ def check_mlm_loss(mlm_loss_fn: Callable[..., Any], raise_on_fail: bool = True) 
 
     diagnoses = [
         Property(nan_on_empty, "a batch with no chosen position gives NaN (0 / 0): return 0 instead, still "
-                 "connected to the graph", "if (labels != -100).sum() == 0: return logits.sum() * 0"),
+                 "connected to the graph", ("count the chosen positions first; with none, there is nothing to average",
+                                            "a zero that still belongs to the graph: multiply something computed "
+                                            "from the logits by 0")),
         Variant(_ce_all, "the -100 positions were counted as targets (of token 0): only the chosen positions have a "
                 "label", "leave -100 in the labels and let F.cross_entropy skip it (ignore_index=-100)"),
         Variant(_ce_over_all_positions, "the sum over the chosen positions was divided by ALL positions: average "

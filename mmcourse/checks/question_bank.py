@@ -74,8 +74,8 @@ QUESTIONS: dict[str, dict] = {
         "prompt": "In which situation can ONE shared projection head not be used at all?",
         "options": {
             "a": ("an image tower of width 768 and a text tower of width 512",
-                  "yes: one D × E matrix cannot take inputs of two different widths (every real CLIP, e.g. "
-                  "ViT-B/32 with 768 and 512)"),
+                  "yes: one D × E matrix cannot take inputs of two different widths (most released CLIPs, "
+                  "e.g. ViT-B/32 with 768 and 512)"),
             "b": ("both towers trained from scratch, together",
                   "that is lesson 04's setting, where a shared head worked as well as two"),
             "c": ("a batch of 128 pairs", "the batch size has nothing to do with the head's shape"),
@@ -97,6 +97,7 @@ QUESTIONS: dict[str, dict] = {
             1.0: "the mean of unit vectors is only of length 1 when they all point the same way",
             0.5: "that is half the length of ONE vector; the two add up to a vector of length √2 (Pythagoras)",
             0.0: "they would cancel only if they pointed in opposite directions (180°)",
+            math.sqrt(2): "√2 is the length of the SUM of the two vectors; the mean divides it by 2",
         },
         "model_answer": "Before averaging: raw text embeddings have different lengths, so without normalising, "
                         "templates with long embeddings would dominate. After: the mean of unit vectors is "

@@ -49,7 +49,7 @@ def check_answer(question_id: str, answer: Any, raise_on_fail: bool = True) -> C
     if _blank(answer):
         raise NotImplementedError(f"answer question {question_id} first: replace None with your answer")
     if "options" in q:
-        letter = str(answer).strip().lower().rstrip(").")
+        letter = str(answer).strip().lower().strip("().")
         if letter not in q["options"]:
             return finish(CheckResult(name, False, f"{answer!r} is not one of the options "
                                       f"{', '.join(sorted(q['options']))}", "answer with the option's letter, "

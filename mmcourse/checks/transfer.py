@@ -53,7 +53,7 @@ def _siglip_with(labels="pm1", reduce="sum_over_n", bias="added"):
         else:
             logits = logit_scale * image_emb @ text_emb.T + logit_bias
         eye = torch.eye(n, dtype=logits.dtype)
-        z = (2 * eye - 1) if labels == "pm1" else eye  # "01": 0/1 labels inside the sigmoid
+        z = {"pm1": 2 * eye - 1, "01": eye, "none": torch.ones_like(eye)}[labels]  # "01": 0/1 inside the sigmoid
         terms = -F.logsigmoid(z * logits)
         return {"sum_over_n": terms.sum() / n, "mean": terms.mean(), "sum": terms.sum(),
                 "diag": terms.diagonal().mean()}[reduce]
@@ -75,18 +75,27 @@ def check_siglip_loss(siglip_loss, raise_on_fail: bool = True) -> CheckResult:
     diagnoses = [
         Variant(_siglip_with(labels="01"), "the labels inside the sigmoid are 0 and 1: a label 0 makes every "
                 "negative pair's term the constant log 2, so negatives are never pushed apart",
-                "in -log σ(z · logit) the label z must have opposite signs for matching and non-matching pairs"),
+                ("in -log σ(z · logit) the label z must have opposite signs for matching and non-matching pairs",
+                 "σ(−x) = 1 − σ(x): a label of −1 asks for a LOW logit")),
+        Variant(_siglip_with(labels="none"), "every pair is treated as a match: the label sign is missing, so "
+                "non-matching pairs are pulled together too",
+                ("each pair's term needs its label: +1 on the diagonal, −1 elsewhere",
+                 "build an (N, N) matrix of labels and multiply it with the logits inside the sigmoid")),
         Variant(_siglip_with(reduce="mean"), "you averaged over all N² pairs: SigLIP sums over the pairs and "
-                "divides by N (the batch size)", "count how many terms there are, and what the paper divides by"),
+                "divides by N (the batch size)", ("count how many terms there are, and what the paper divides by",
+                                                  "N² terms, divided by N")),
         Variant(_siglip_with(reduce="sum"), "you summed over all pairs without dividing by N",
-                "the loss is normalised by the batch size"),
+                ("the loss is normalised by the batch size", "divide the sum by the number of images")),
         Variant(_siglip_with(bias="scaled"), "the bias is multiplied by the logit scale: it is added AFTER scaling",
-                "logit = scale · similarity, then + bias"),
-        Variant(_siglip_with(bias="missing"), "the bias is missing", "every logit gets the same learnable bias"),
+                ("logit = scale · similarity, then + bias", "look at the brackets around your logit")),
+        Variant(_siglip_with(bias="missing"), "the bias is missing", ("every logit gets the same learnable bias",
+                                                                      "add logit_bias to every entry")),
         Variant(_siglip_with(reduce="diag"), "only the matching pairs count: the non-matching pairs are what "
-                "pushes embeddings apart", "every one of the N² (image, text) pairs is its own binary problem"),
+                "pushes embeddings apart", ("every one of the N² (image, text) pairs is its own binary problem",
+                                            "sum over the whole (N, N) matrix, not its diagonal")),
         Variant(lambda i, t, s, b: losses.clip_loss(i, t, s), "this is CLIP's softmax loss: SigLIP replaces the "
-                "softmax over the batch by one sigmoid per pair", "no softmax, no cross-entropy over rows"),
+                "softmax over the batch by one sigmoid per pair", ("no softmax, no cross-entropy over rows",
+                                                                   "F.logsigmoid of each labelled logit")),
     ]
     return run_check("siglip_loss", siglip_loss, losses.siglip_loss, _siglip_cases(), diagnoses,
                      success="equals open_clip's SigLIP loss on {n} batches, a batch of one included",
@@ -113,18 +122,24 @@ def check_simplex_floor(simplex_floor, raise_on_fail: bool = True) -> CheckResul
         Variant(named(lambda n, t: math.log1p((n - 1) * math.exp(-2 / t))), "you put every negative at similarity "
                 "-1 (opposite the anchor): n > 2 unit vectors cannot all be opposite each other",
                 "the vectors of a regular simplex add up to zero: what does that force their mean similarity to be?"),
+        Variant(named(lambda n, t: math.log1p((n - 1) * math.exp(-(1 + 1 / n) / t))), "the negatives' similarity "
+                "is −1/(n−1), not −1/n: of the n² terms of ‖Σ z_i‖², n are the vectors with themselves and n(n−1) are "
+                "pairs of different vectors", ("expand ‖Σ z_i‖² = Σ_i Σ_j z_i·z_j and count the terms with i ≠ j",
+                                               "0 = n + n(n−1)·s⁻")),
         Variant(named(lambda n, t: math.log1p((n - 1) * math.exp(-1 / t))), "you put every negative at similarity 0 "
                 "(orthogonal): the simplex does better, at -1/(n-1)",
                 "the vectors of a regular simplex add up to zero: what does that force their mean similarity to be?"),
         Variant(named(lambda n, t: math.log(n - 1) - (1 + 1 / (n - 1)) / t), "the positive's own term is missing "
                 "from the denominator: the softmax runs over all n candidates, the positive included",
-                "write p_pos = e^{1/τ} / (e^{1/τ} + (n-1) e^{s/τ}) and take -log"),
+                ("the denominator of the softmax sums over every candidate", "write p_pos as a fraction, then take −log")),
         Variant(lambda n, t: math.log(n), "log n is the loss at chance (all similarities equal), not the floor",
                 "the best arrangement makes the positive far more similar than the negatives"),
         Variant(named(lambda n, t: math.log1p((n - 1) * math.exp(-(1 + 1 / (n - 1)) * t))), "τ multiplies the "
-                "similarities instead of dividing them", "the logits are similarity / τ"),
+                "similarities instead of dividing them", ("the logits are similarity / τ", "a smaller τ must make the floor LOWER")),
     ]
     return run_check("simplex_floor", simplex_floor, reference_simplex_floor, cases, diagnoses,
+                     fallback_hint=("re-derive s⁻ and then the loss for n = 2 by hand (one positive, one negative at "
+                                    "−1); compare with your function", "the loss of one anchor is −log p_positive"),
                      success="the simplex floor on {n} cases: log(1 + (n-1)·exp(-(1 + 1/(n-1))/τ)); at τ = 1 and "
                              "n = 128 that is 3.86 nats", rtol=1e-6, atol=1e-9, raise_on_fail=raise_on_fail)
 
@@ -171,9 +186,9 @@ def check_patchify(patchify, raise_on_fail: bool = True) -> CheckResult:
         Variant(plain_reshape, "a plain reshape cuts the image into strips of pixels, not into p×p squares",
                 "split H and W into (patches, p) each, then bring the two patch-grid axes together"),
         Variant(columns_first, "the patches are in column order (top to bottom first): the convolution reads them "
-                "row by row, left to right", "which grid axis must vary slowest?"),
+                "row by row, left to right", ("which grid axis must vary slowest?", "the patch-row axis comes before the patch-column axis in your permute")),
         Variant(channels_last, "each patch is flattened with the channel last: the convolution's weight is "
-                "(out, C, p, p), so flatten channel first", "compare the order of your axes with Conv2d's weight"),
+                "(out, C, p, p), so flatten channel first", ("compare the order of your axes with Conv2d's weight", "inside a patch: channel, then pixel row, then pixel column")),
     ]
     return run_check("patchify", patchify, _reference_patchify, _patchify_cases(), diagnoses,
                      fallback_hint="try a 1x1x4x4 image holding 0..15 with patch 2: the first patch must be "
@@ -226,7 +241,12 @@ def check_soft_clip_loss(soft_clip_loss, raise_on_fail: bool = True) -> CheckRes
         cols = -(torch.logsumexp(lg.T.masked_fill(~same, -math.inf), 1) - torch.logsumexp(lg.T, 1)).mean()
         return (rows + cols) / 2
 
+    def summed(i, t, s, y):
+        return 2 * reference_soft_clip_loss(i, t, s, y)
+
     diagnoses = [
+        Variant(summed, "you added the two directions: CLIP averages them",
+                ("the loss is the mean of the image→text and text→image cross-entropies", "divide by 2")),
         Variant(hard, "these are CLIP's hard labels (the diagonal only): same-class captions are still pushed away",
                 "the target of row i must give weight to EVERY caption of image i's class"),
         Variant(multi_hot, "the targets do not sum to 1: a class with n captions gets n times the weight",
@@ -298,14 +318,17 @@ def check_caption_ranks(caption_ranks, raise_on_fail: bool = True) -> CheckResul
         return rank_of.masked_fill(~mine, t).min(1).values
 
     diagnoses = [
+        Variant(lambda lg, idx: _reference_caption_ranks(lg, idx) + 1, "these ranks are 1-based: the exercise asks for "
+                "0-based ranks (the first caption has rank 0)", ("R@k then reads (ranks < k)",
+                                                                 "a position in a sorted list already counts from 0")),
         Variant(first_caption, "you ranked only each image's FIRST caption: an image is retrieved when ANY of its "
-                "captions comes early", "look at all the captions `text_to_image` assigns to the image"),
+                "captions comes early", ("look at all the captions `text_to_image` assigns to the image", "mask out the other images' captions, then take the best rank")),
         Variant(mean_of_captions, "you averaged the ranks of the image's captions: the image counts as soon as its "
-                "best caption appears", "which of its captions decides when the image is found?"),
+                "best caption appears", ("which of its captions decides when the image is found?", "a minimum, not an average")),
         Variant(worst, "you took the image's WORST-ranked caption: the image counts as soon as its best one appears",
                 "which of its captions decides when the image is found?"),
         Variant(diagonal, "caption i is not the match of image i here: `text_to_image` says which image each "
-                "caption describes", "with 5 captions per image the matrix is not square"),
+                "caption describes", ("with 5 captions per image the matrix is not square", "compare each caption's image index with the row number")),
         Variant(unstable, "ties: you counted only strictly better captions, so a tie always goes to the image",
                 "tied captions with a lower index come first (a stable sort)"),
     ]
@@ -330,18 +353,24 @@ def check_rank_summary(rank_summary, raise_on_fail: bool = True) -> CheckResult:
              Case((torch.tensor([5, 0, 3, 0]),), {}, "ranks [5, 0, 3, 0]")]
     diagnoses = [
         Variant(lambda r: (r.float().mean().item(), float(np.median(r.numpy()))), "these are 0-based: open_clip "
-                "reports 1-based ranks (the first item has rank 1)", "add one to each rank"),
+                "reports 1-based ranks (the first item has rank 1)", ("what rank does open_clip give the first caption?",
+                                                                      "both numbers shift by the same amount")),
+        Variant(lambda r: (r.float().mean().item(), float(np.floor(np.median(r.numpy())))), "these are 0-based: "
+                "open_clip reports 1-based ranks (the first item has rank 1)",
+                ("what rank does open_clip give the first caption?", "both numbers shift by the same amount")),
         Variant(lambda r: (r.float().mean().item() + 1, float(np.median(r.numpy())) + 1), "the median of an even "
                 "number of ranks is not floored: open_clip floors it before adding 1",
                 "with ranks [0, 0, 3, 1] the median is 0.5; what does open_clip report?"),
         Variant(lambda r: (r.float().mean().item() + 1, r.median().item() + 1.0), "torch.median returns the LOWER of "
                 "the two middle values; open_clip floors numpy's median (their mean) — they differ when the two "
-                "middle ranks are more than one apart", "compute the median as numpy does, then floor it"),
+                "middle ranks are more than one apart", ("compute the median as numpy does, then floor it", "numpy's median of [0, 0, 3, 5] is 1.5")),
         Variant(lambda r: _reference_rank_summary(r)[::-1], "mean and median are "
-                "swapped", "return (mean_rank, median_rank) in that order"),
+                "swapped", ("check the order of the pair you return", "the mean comes first")),
     ]
     return run_check("rank_summary", rank_summary, _reference_rank_summary, cases, diagnoses,
-                     fallback_hint="open_clip: mean of (ranks + 1), and floor(median(ranks)) + 1",
+                     fallback_hint=("compute both numbers by hand for ranks [0, 0, 3, 1]: is the first item rank 0 or "
+                                    "1 in open_clip, and what does it do with a median of 0.5?",
+                                    "open_clip floors the median before shifting it"),
                      success="mean and median rank as open_clip reports them on {n} cases, even counts included",
                      raise_on_fail=raise_on_fail)
 
@@ -385,22 +414,31 @@ def check_shift_gap(shift_gap, raise_on_fail: bool = True) -> CheckResult:
     def full_step_each(i, t, lam):
         return reference_shift_gap(i, t, 2 * lam)
 
+    def raw_shift(i, t, lam):
+        d = n(i).mean(0) - n(t).mean(0)
+        return n(i - lam / 2 * d), n(t + lam / 2 * d)  # moved the raw embeddings, then normalised
+
     def images_only(i, t, lam):
         i2, _ = reference_shift_gap(i, t, 2 * lam)
         return i2, n(t)
 
     diagnoses = [
         Variant(no_renorm, "the shifted embeddings are not unit length: CLIP compares directions, so normalise "
-                "again after the shift", "check the norms of what you return"),
+                "again after the shift", ("check the norms of what you return", "a shifted unit vector is no longer unit length")),
         Variant(signs_swapped, "the shift goes the wrong way and WIDENS the gap: images must move towards the text "
-                "centroid", "Δ points from the text centroid to the image centroid"),
+                "centroid", ("Δ points from the text centroid to the image centroid", "images move by −λΔ/2, texts by +λΔ/2")),
         Variant(raw_delta, "Δ was computed from the raw embeddings: the gap is between the centroids of the "
-                "NORMALISED embeddings", "normalise first, then average"),
+                "NORMALISED embeddings", ("normalise first, then average", "the gap of lesson 06 is measured between the centroids of unit vectors")),
         Variant(full_step_each, "each modality moved by λΔ: together they move 2λΔ and overshoot; each moves half",
                 "the two moves together should close λ of the gap"),
+        Variant(raw_shift, "you moved the RAW embeddings: Δ lives on the unit sphere, so move the normalised ones",
+                ("normalise first, then shift, then normalise again",
+                 "a raw embedding of length 5 barely notices a shift of length 0.1")),
         Variant(images_only, "only the images moved: Liang et al. move both modalities half-way",
                 "texts move by +λΔ/2"),
     ]
     return run_check("shift_gap", shift_gap, reference_shift_gap, _gap_cases(), diagnoses,
+                     fallback_hint=("check each step of the exercise text on a tiny input: normalise, centroids, "
+                                    "Δ, shift, normalise", "print the gap before and after with λ = 1"),
                      success="Liang et al.'s shift on {n} cases: unit vectors, the gap shrinks by about λ",
                      raise_on_fail=raise_on_fail)

@@ -13,14 +13,14 @@ checkpoint (if `checkpoint_path` is given). A checkpoint holds the model, optimi
 every random number generator and the history, so `fit(..., resume=True)` continues exactly
 where the run stopped: the loss curve is the one an uninterrupted run gives. Interrupting
 (Ctrl-C / the stop button) never loses work: `fit` saves a checkpoint and returns the history
-so far.
+so far. Checkpoints live in `mmcourse.checkpoint`, callbacks in `mmcourse.callbacks` (both
+importable from here too).
 """
 from __future__ import annotations
 
 import contextlib
 import math
 import os
-import random
 import signal
 import threading
 import time
@@ -28,12 +28,19 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-import numpy as np
 import torch
 import torch.nn as nn
 
+from .callbacks import Callback, LivePlot, TrainState
+from .checkpoint import (_check_same_config, _loader_generators, _rng_state, _set_rng_state,
+                         load_checkpoint, save_atomic, save_checkpoint)
 from .losses import clip_loss, siglip_loss
 from .utils import get_device, seed_everything
+
+# Re-exported: `from mmcourse.train import Callback, LivePlot, save_checkpoint, load_checkpoint` keeps working.
+__all__ = ["TrainConfig", "History", "fit", "clip_loss_fn", "param_groups", "make_optimizer", "lr_factor",
+           "make_scheduler", "clamp_logit_scale", "Callback", "TrainState", "LivePlot", "save_atomic",
+           "save_checkpoint", "load_checkpoint"]
 
 # ----------------------------------------------------------------------------------------------
 # Configuration and history
@@ -96,10 +103,6 @@ class TrainConfig:
         if self.warmup_steps is not None:
             return min(self.warmup_steps, total_steps)
         return int(round(self.warmup_fraction * total_steps))
-
-
-# Fields that may change between a run and its resumption without changing the result.
-_RESUMABLE_CHANGES = {"device", "max_seconds", "log_every", "progress"}
 
 
 @dataclass
@@ -225,164 +228,6 @@ def clamp_logit_scale(model: nn.Module, max_value: float | None = math.log(100))
     if max_value is not None and isinstance(scale, torch.Tensor) and scale.requires_grad:
         with torch.no_grad():
             scale.clamp_(0, max_value)
-
-
-# ----------------------------------------------------------------------------------------------
-# Callbacks
-
-
-class Callback:
-    """Override any of these. `state` is the running `TrainState`; set `state.stop = True` to end
-    training after the current step."""
-
-    def on_train_begin(self, state: "TrainState") -> None: ...
-    def on_step_end(self, state: "TrainState") -> None: ...
-    def on_epoch_end(self, state: "TrainState") -> None: ...
-    def on_train_end(self, state: "TrainState") -> None: ...
-
-
-@dataclass
-class TrainState:
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    config: TrainConfig
-    history: History
-    total_steps: int
-    epoch: int = 0  # epochs finished
-    global_step: int = 0  # steps finished
-    stop: bool = False
-
-
-class LivePlot(Callback):
-    """A live plot of the loss (and validation metrics) in a notebook, redrawn once per epoch.
-
-    Args:
-        metrics: names of validation metrics to plot on a second axis (e.g. "zero_shot_top1");
-            None plots every metric `val_fn` returns.
-        every: redraw every this many epochs.
-    """
-
-    def __init__(self, metrics: Sequence[str] | None = None, every: int = 1, figsize=(7.0, 3.0)):
-        self.metrics, self.every, self.figsize = metrics, every, figsize
-        self._handle = None
-
-    def _draw(self, state: TrainState):
-        import matplotlib.pyplot as plt
-
-        h = state.history
-        fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=self.figsize)
-        ax_loss.plot(h.epoch, h.loss, lw=1)
-        ax_loss.set(title="training loss", xlabel="epoch", ylabel="CLIP loss (nats)")
-        ax_loss.set_xlim(0, state.config.epochs)
-        names = self.metrics or sorted({k for row in h.val for k in row} - {"epoch", "step", "time"})
-        values = []
-        for name in names:
-            xs = [r["epoch"] for r in h.val if name in r]
-            values += [r[name] for r in h.val if name in r]
-            ax_val.plot(xs, [r[name] for r in h.val if name in r], marker="o", ms=3, label=name)
-        fractions = bool(values) and all(0.0 <= v <= 1.0 for v in values)  # accuracies, recalls: give the unit
-        ax_val.set(title="validation", xlabel="epoch",
-                   ylabel="metric value (fraction, 0 to 1)" if fractions else "metric value")
-        if fractions:
-            ax_val.set_ylim(0, 1.02)
-        ax_val.set_xlim(0, state.config.epochs)
-        if names:
-            ax_val.legend(fontsize=8)
-        fig.tight_layout()
-        plt.close(fig)  # shown through the display handle only, not again at the cell's end
-        return fig
-
-    def _show(self, state: TrainState) -> None:
-        try:
-            from IPython.display import display
-        except ImportError:  # pragma: no cover
-            return
-        fig = self._draw(state)
-        if self._handle is None:
-            self._handle = display(fig, display_id=True)
-        else:
-            self._handle.update(fig)
-
-    def on_epoch_end(self, state: TrainState) -> None:
-        if state.epoch % self.every == 0 or state.epoch == state.config.epochs:
-            self._show(state)
-
-    def on_train_end(self, state: TrainState) -> None:
-        if state.epoch % self.every != 0:
-            self._show(state)
-
-
-# ----------------------------------------------------------------------------------------------
-# Random number generators and checkpoints
-
-
-def _loader_generators(loader: Any) -> list[torch.Generator]:
-    gens = []
-    for obj in (loader, getattr(loader, "sampler", None), getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
-        g = getattr(obj, "generator", None)
-        if isinstance(g, torch.Generator) and all(g is not x for x in gens):
-            gens.append(g)
-    return gens
-
-
-def _rng_state(loader: Any) -> dict[str, Any]:
-    state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-        "loader": [g.get_state() for g in _loader_generators(loader)],
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], loader: Any) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    for g, s in zip(_loader_generators(loader), state["loader"]):
-        g.set_state(s)
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """`torch.save` to a temporary file in the same folder, then rename it: a crash while
-    saving never leaves a broken file behind (a rename is atomic)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def save_checkpoint(path: str | os.PathLike, state: TrainState, extra: dict[str, Any]) -> None:
-    """Write a checkpoint of the whole training state atomically (see `save_atomic`)."""
-    payload = {
-        "model": state.model.state_dict(),
-        "optimizer": state.optimizer.state_dict(),
-        "scheduler": state.scheduler.state_dict(),
-        "config": asdict(state.config),
-        "history": state.history.to_dict(),
-        "epoch": state.epoch,
-        "global_step": state.global_step,
-        **extra,
-    }
-    save_atomic(payload, path)
-
-
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by `fit` (a trusted local file: it holds RNG states, so it is
-    loaded with `weights_only=False`)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    return torch.load(path, map_location=map_location, weights_only=False)
 
 
 @contextlib.contextmanager
@@ -616,16 +461,3 @@ def _validate(state: TrainState, val_fn: Callable | None, elapsed: float) -> Non
            "step": state.global_step, "time": elapsed}
     row.update({k: float(v) for k, v in metrics.items()})
     state.history.val.append(row)
-
-
-def _check_same_config(saved: dict[str, Any], config: TrainConfig) -> None:
-    now = asdict(config)
-    changed = sorted(k for k in now if k not in _RESUMABLE_CHANGES and _norm(saved.get(k)) != _norm(now[k]))
-    if changed:
-        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
-        raise ValueError(f"cannot resume: the TrainConfig differs from the checkpoint's ({detail}); "
-                         f"use the same config or a new checkpoint_path")
-
-
-def _norm(v: Any) -> Any:
-    return tuple(v) if isinstance(v, list) else v

@@ -25,8 +25,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .callbacks import TrainState
     from .train import TrainConfig
 
-__all__ = ["save_atomic", "save_checkpoint", "load_checkpoint", "loader_fingerprint", "check_resumable",
-           "RESUMABLE_CHANGES"]
+__all__ = ["save_atomic", "save_checkpoint", "load_checkpoint", "loader_fingerprint", "callable_name",
+           "check_resumable", "restore", "RESUMABLE_CHANGES"]
 
 # TrainConfig fields that may change between a run and its resumption without changing the result.
 RESUMABLE_CHANGES = {"device", "max_seconds", "log_every", "progress"}
@@ -98,6 +98,99 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
     return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def loader_fingerprint(loader: Any) -> dict[str, Any]:
+    """What a resumed run assumes about its data loader: `batches` (its length), `batch_size`,
+    `dataset_len`, `sampler` (the class name: shuffled or not), `drop_last` and `generators`
+    (how many torch.Generators drive its order). Entries a loader does not have are None."""
+    dataset = getattr(loader, "dataset", None)
+    try:
+        dataset_len = len(dataset) if dataset is not None else None
+    except TypeError:
+        dataset_len = None
+    sampler = getattr(loader, "sampler", None)
+    return {"batches": len(loader), "batch_size": getattr(loader, "batch_size", None), "dataset_len": dataset_len,
+            "sampler": type(sampler).__name__ if sampler is not None else None,
+            "drop_last": getattr(loader, "drop_last", None), "generators": len(_loader_generators(loader))}
+
+
+def callable_name(fn: Any) -> str:
+    """`module.qualname` of a function (or of a callable object's class), to tell loss functions apart."""
+    target = fn if hasattr(fn, "__qualname__") else type(fn)
+    return f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', type(fn).__name__)}"
+
+
+_REQUIRED = ("model", "optimizer", "scheduler", "config", "history", "epoch", "global_step", "step_in_epoch",
+             "rng", "rng_epoch_start")
+
+
+def check_resumable(ckpt: dict[str, Any], config: TrainConfig, run: dict[str, Any]) -> None:
+    """Refuse to resume from `ckpt` into a run that differs from the saved one.
+
+    Args:
+        ckpt: a checkpoint dict from `load_checkpoint`.
+        config: the `TrainConfig` of the resumed run.
+        run: the resumed run's `{"loader": loader_fingerprint(loader), "loss_fn": callable_name(loss_fn),
+            "world_size": ...}`; entries the checkpoint does not have (older checkpoints) are not compared.
+
+    Raises:
+        ValueError: naming what differs (old -> new) and what to do: the checkpoint lacks entries
+            a resume needs, a `TrainConfig` field other than `RESUMABLE_CHANGES` changed, the
+            loader has another number of batches per epoch (or batch size, dataset length,
+            sampler, drop_last, number of generators), another loss function or world size.
+    """
+    missing = [k for k in _REQUIRED if k not in ckpt]
+    if missing:
+        raise ValueError(f"cannot resume: the checkpoint lacks {missing} (it was not written by fit, or by an older "
+                         f"version); start a new run with another checkpoint_path or resume=False")
+    _check_same_config(ckpt["config"], config)
+    saved = ckpt.get("run", {})
+    old, new = saved.get("loader", {}), run.get("loader", {})
+    if "batches" in old and old["batches"] != new.get("batches"):
+        changed = "".join(f", {k} {old.get(k)!r} -> {new.get(k)!r}" for k in ("batch_size", "dataset_len", "drop_last")
+                          if old.get(k) != new.get(k))
+        raise ValueError(
+            f"cannot resume: the checkpoint's train_loader had {old['batches']} batches per epoch, this one has "
+            f"{new.get('batches')}{changed}. The learning-rate schedule, the epoch boundaries and the place to "
+            f"resume (step {ckpt['step_in_epoch']} of epoch {ckpt['epoch'] + 1}) depend on it: pass a loader over "
+            f"the same dataset with the same batch_size ({old['batches']} batches per epoch), or start a new run "
+            f"with another checkpoint_path (or resume=False)")
+    differ = [k for k in old if k != "batches" and k in new and old[k] != new[k]]
+    if differ:
+        detail = ", ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in differ)
+        raise ValueError(f"cannot resume: the train_loader differs from the checkpoint's ({detail}), so the data "
+                         f"order differs from the saved run's; pass the same loader (same dataset, batch_size, "
+                         f"shuffle, drop_last, generator) or start a new run with another checkpoint_path")
+    for key, what in (("loss_fn", "loss function"), ("world_size", "number of processes (world size)")):
+        if key in saved and key in run and saved[key] != run[key]:
+            raise ValueError(f"cannot resume: the checkpoint was trained with {what} {saved[key]!r}, this run uses "
+                             f"{run[key]!r}; use the same one or start a new run with another checkpoint_path")
+
+
+def restore(ckpt: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+            scaler: Any = None) -> None:
+    """Load the model, optimizer, scheduler (and gradient scaler) states of `ckpt`, raising a
+    `ValueError` that names the parameters when the model or its trainable parameters changed."""
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        first = str(e).split("\n\t", 2)[:2]
+        raise ValueError(f"cannot resume: the model's parameters differ from the checkpoint's ({' '.join(first)[:400]}); "
+                         f"build the model with the same config, or start a new run with another checkpoint_path") from None
+    saved_names = [g.get("names") for g in ckpt["optimizer"]["param_groups"]]
+    now_names = [g.get("names") for g in optimizer.param_groups]
+    if saved_names != now_names or any(len(a["params"]) != len(b["params"]) for a, b in
+                                       zip(ckpt["optimizer"]["param_groups"], optimizer.param_groups)):
+        was = {n for g in saved_names for n in (g or [])}
+        now = {n for g in now_names for n in (g or [])}
+        raise ValueError(f"cannot resume: the trainable parameters differ from the checkpoint's (now trainable, "
+                         f"were not: {sorted(now - was)[:5]}; were trainable, now not: {sorted(was - now)[:5]}); "
+                         f"freeze the same parameters as the saved run (requires_grad), or start a new run")
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    if scaler is not None and ckpt.get("scaler") is not None:
+        scaler.load_state_dict(ckpt["scaler"])
 
 
 def _check_same_config(saved: dict[str, Any], config: TrainConfig) -> None:

@@ -32,8 +32,8 @@ import torch
 import torch.nn as nn
 
 from .callbacks import Callback, LivePlot, TrainState
-from .checkpoint import (_check_same_config, _loader_generators, _rng_state, _set_rng_state,
-                         load_checkpoint, save_atomic, save_checkpoint)
+from .checkpoint import (_loader_generators, _rng_state, _set_rng_state, callable_name, check_resumable,
+                         load_checkpoint, loader_fingerprint, restore, save_atomic, save_checkpoint)
 from .losses import clip_loss, siglip_loss
 from .utils import get_device, seed_everything
 
@@ -293,7 +293,10 @@ def fit(
 
     Raises:
         ValueError: a loader without length or batches, a non-scalar loss, `resume` without a
-            checkpoint path, or a checkpoint written with a different `TrainConfig`.
+            checkpoint path, or a checkpoint written by a different run: another `TrainConfig`,
+            a loader with another number of batches (batch size, dataset, sampler, generators),
+            another loss function, model, set of trainable parameters or world size (see
+            `mmcourse.checkpoint.check_resumable`).
         FloatingPointError: the loss became NaN or infinite (training diverged).
     """
     config = config or TrainConfig()
@@ -307,6 +310,7 @@ def fit(
     if resume and checkpoint_path is None:
         raise ValueError("resume=True needs a checkpoint_path")
     total_steps = config.epochs * steps_per_epoch
+    world_size = torch.distributed.get_world_size() if torch.distributed.is_available() and torch.distributed.is_initialized() else 1
     device = torch.device(config.device) if config.device else get_device()
     model.to(device)
 
@@ -323,11 +327,10 @@ def fit(
     # rng_resume: the generators' state right after the last finished step (or at the start of
     # the current epoch); rng_epoch_start: their state when the current epoch's iterator was made.
     rng_resume = rng_epoch_start = None
+    run = {"loader": loader_fingerprint(train_loader), "loss_fn": callable_name(loss_fn), "world_size": world_size}
     if ckpt is not None:
-        _check_same_config(ckpt["config"], config)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
+        check_resumable(ckpt, config, run)  # same config, loader, loss and world size, or a ValueError
+        restore(ckpt, model, optimizer, scheduler)
         state.history = History.from_dict(ckpt["history"])
         state.history.stopped = None
         state.epoch, state.global_step = ckpt["epoch"], ckpt["global_step"]
@@ -342,7 +345,7 @@ def fit(
     def save() -> None:
         if checkpoint_path is not None:
             save_checkpoint(checkpoint_path, state, {"step_in_epoch": step_in_epoch, "rng": rng_resume,
-                                                     "rng_epoch_start": rng_epoch_start})
+                                                     "rng_epoch_start": rng_epoch_start, "run": run})
 
     from tqdm.auto import tqdm
 

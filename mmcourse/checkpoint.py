@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import random
-from dataclasses import asdict
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,8 +25,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .callbacks import TrainState
     from .train import TrainConfig
 
-__all__ = ["save_atomic", "save_checkpoint", "load_checkpoint", "loader_fingerprint", "callable_name",
-           "check_resumable", "restore", "RESUMABLE_CHANGES"]
+__all__ = ["save_atomic", "save_checkpoint", "load_checkpoint", "loader_fingerprint", "check_resumable",
+           "restore", "RESUMABLE_CHANGES"]
 
 # TrainConfig fields that may change between a run and its resumption without changing the result.
 RESUMABLE_CHANGES = {"device", "max_seconds", "log_every", "progress"}
@@ -115,12 +115,6 @@ def loader_fingerprint(loader: Any) -> dict[str, Any]:
             "drop_last": getattr(loader, "drop_last", None), "generators": len(_loader_generators(loader))}
 
 
-def callable_name(fn: Any) -> str:
-    """`module.qualname` of a function (or of a callable object's class), to tell loss functions apart."""
-    target = fn if hasattr(fn, "__qualname__") else type(fn)
-    return f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', type(fn).__name__)}"
-
-
 _REQUIRED = ("model", "optimizer", "scheduler", "config", "history", "epoch", "global_step", "step_in_epoch",
              "rng", "rng_epoch_start")
 
@@ -131,14 +125,14 @@ def check_resumable(ckpt: dict[str, Any], config: TrainConfig, run: dict[str, An
     Args:
         ckpt: a checkpoint dict from `load_checkpoint`.
         config: the `TrainConfig` of the resumed run.
-        run: the resumed run's `{"loader": loader_fingerprint(loader), "loss_fn": callable_name(loss_fn),
-            "world_size": ...}`; entries the checkpoint does not have (older checkpoints) are not compared.
+        run: the resumed run's `{"loader": loader_fingerprint(loader), "world_size": ...}`; entries
+            the checkpoint does not have (older checkpoints) are not compared.
 
     Raises:
         ValueError: naming what differs (old -> new) and what to do: the checkpoint lacks entries
             a resume needs, a `TrainConfig` field other than `RESUMABLE_CHANGES` changed, the
             loader has another number of batches per epoch (or batch size, dataset length,
-            sampler, drop_last, number of generators), another loss function or world size.
+            sampler, drop_last, number of generators), or another world size (number of processes).
     """
     missing = [k for k in _REQUIRED if k not in ckpt]
     if missing:
@@ -162,10 +156,10 @@ def check_resumable(ckpt: dict[str, Any], config: TrainConfig, run: dict[str, An
         raise ValueError(f"cannot resume: the train_loader differs from the checkpoint's ({detail}), so the data "
                          f"order differs from the saved run's; pass the same loader (same dataset, batch_size, "
                          f"shuffle, drop_last, generator) or start a new run with another checkpoint_path")
-    for key, what in (("loss_fn", "loss function"), ("world_size", "number of processes (world size)")):
-        if key in saved and key in run and saved[key] != run[key]:
-            raise ValueError(f"cannot resume: the checkpoint was trained with {what} {saved[key]!r}, this run uses "
-                             f"{run[key]!r}; use the same one or start a new run with another checkpoint_path")
+    if "world_size" in saved and saved["world_size"] != run.get("world_size"):
+        raise ValueError(f"cannot resume: the checkpoint was trained by {saved['world_size']} processes, this run has "
+                         f"{run.get('world_size')}: each process's share of the data differs; launch as many "
+                         f"processes, or start a new run with another checkpoint_path")
 
 
 def restore(ckpt: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
@@ -195,6 +189,8 @@ def restore(ckpt: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim
 
 def _check_same_config(saved: dict[str, Any], config: TrainConfig) -> None:
     now = asdict(config)
+    # a field the checkpoint lacks was added later: the saved run had its default
+    saved = {**{f.name: f.default for f in fields(config) if f.default is not MISSING}, **saved}
     changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and _norm(saved.get(k)) != _norm(now[k]))
     if changed:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)

@@ -32,8 +32,9 @@ import torch
 import torch.nn as nn
 
 from .callbacks import Callback, LivePlot, TrainState
-from .checkpoint import (_loader_generators, _rng_state, _set_rng_state, callable_name, check_resumable,
+from .checkpoint import (_loader_generators, _rng_state, _set_rng_state, check_resumable,
                          load_checkpoint, loader_fingerprint, restore, save_atomic, save_checkpoint)
+from .gradcache import grad_cache_step
 from .losses import clip_loss, siglip_loss
 from .utils import get_device, seed_everything
 
@@ -44,6 +45,9 @@ __all__ = ["TrainConfig", "History", "fit", "clip_loss_fn", "param_groups", "mak
 
 # ----------------------------------------------------------------------------------------------
 # Configuration and history
+
+
+_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -65,6 +69,12 @@ class TrainConfig:
         max_seconds: stop after this much training time (validation excluded); None: no limit.
         log_every: update the progress bar's loss read-out every this many steps.
         progress: show a tqdm progress bar.
+        grad_cache_chunk: compute each batch's loss and gradients by gradient caching in
+            chunks of this many pairs (`mmcourse.gradcache`): the same gradients as the whole
+            batch (models without BatchNorm) with the activation memory of one chunk. Needs
+            the default CLIP/SigLIP loss (no custom `loss_fn`) and one process. None: off.
+        precision: "fp32"; "bf16" (bfloat16 autocast, CPU or CUDA); "fp16" (float16 autocast
+            with a `GradScaler`, CUDA only). The loss is always computed in float32.
     """
 
     epochs: int = 10
@@ -81,6 +91,8 @@ class TrainConfig:
     max_seconds: float | None = None
     log_every: int = 10
     progress: bool = True
+    grad_cache_chunk: int | None = None
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
@@ -98,6 +110,11 @@ class TrainConfig:
             raise ValueError(f"max_seconds must be positive, got {self.max_seconds}")
         if self.log_every < 1:
             raise ValueError(f"log_every must be >= 1, got {self.log_every}")
+        if self.grad_cache_chunk is not None and (isinstance(self.grad_cache_chunk, bool) or
+                                                  not isinstance(self.grad_cache_chunk, int) or self.grad_cache_chunk < 1):
+            raise ValueError(f"grad_cache_chunk must be a positive int (pairs per chunk) or None, got {self.grad_cache_chunk!r}")
+        if self.precision not in _PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(_PRECISIONS)}, got {self.precision!r}")
 
     def num_warmup_steps(self, total_steps: int) -> int:
         if self.warmup_steps is not None:
@@ -295,11 +312,14 @@ def fit(
         ValueError: a loader without length or batches, a non-scalar loss, `resume` without a
             checkpoint path, or a checkpoint written by a different run: another `TrainConfig`,
             a loader with another number of batches (batch size, dataset, sampler, generators),
-            another loss function, model, set of trainable parameters or world size (see
+            another model, set of trainable parameters or world size (see
             `mmcourse.checkpoint.check_resumable`).
         FloatingPointError: the loss became NaN or infinite (training diverged).
     """
     config = config or TrainConfig()
+    if config.grad_cache_chunk is not None and loss_fn not in (None, clip_loss_fn):
+        raise ValueError("grad_cache_chunk computes the CLIP/SigLIP loss from the model's embeddings itself: "
+                         "it cannot split a custom loss_fn into chunks (drop loss_fn or grad_cache_chunk)")
     loss_fn = loss_fn or clip_loss_fn
     try:
         steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
@@ -311,26 +331,32 @@ def fit(
         raise ValueError("resume=True needs a checkpoint_path")
     total_steps = config.epochs * steps_per_epoch
     world_size = torch.distributed.get_world_size() if torch.distributed.is_available() and torch.distributed.is_initialized() else 1
+    if config.grad_cache_chunk is not None and world_size > 1:
+        raise ValueError("grad_cache_chunk works in one process; across processes use a distributed loss "
+                         "(mmcourse.distributed) and a smaller batch per process")
     device = torch.device(config.device) if config.device else get_device()
+    autocast, scaler = _mixed_precision(config.precision, device)
     model.to(device)
+    core = _unwrap(model)  # the model itself, also when wrapped in DistributedDataParallel
+    rank = torch.distributed.get_rank() if world_size > 1 else 0
 
     ckpt = load_checkpoint(checkpoint_path) if resume and Path(checkpoint_path).exists() else None
     if ckpt is None:  # a fresh run: every generator starts from config.seed, so runs repeat exactly
         seed_everything(config.seed)
         for g in _loader_generators(train_loader):
             g.manual_seed(config.seed)
-    optimizer = make_optimizer(model, config)
+    optimizer = make_optimizer(core, config)
     scheduler = make_scheduler(optimizer, config.num_warmup_steps(total_steps), total_steps)
-    state = TrainState(model, optimizer, scheduler, config, History(), total_steps)
+    state = TrainState(core, optimizer, scheduler, config, History(), total_steps)
     elapsed = 0.0  # seconds of training (validation excluded), carried across resumptions
     step_in_epoch = 0  # steps of the current epoch already done
     # rng_resume: the generators' state right after the last finished step (or at the start of
     # the current epoch); rng_epoch_start: their state when the current epoch's iterator was made.
     rng_resume = rng_epoch_start = None
-    run = {"loader": loader_fingerprint(train_loader), "loss_fn": callable_name(loss_fn), "world_size": world_size}
+    run = {"loader": loader_fingerprint(train_loader), "world_size": world_size}
     if ckpt is not None:
-        check_resumable(ckpt, config, run)  # same config, loader, loss and world size, or a ValueError
-        restore(ckpt, model, optimizer, scheduler)
+        check_resumable(ckpt, config, run)  # same config, loader and world size, or a ValueError
+        restore(ckpt, core, optimizer, scheduler, scaler)
         state.history = History.from_dict(ckpt["history"])
         state.history.stopped = None
         state.epoch, state.global_step = ckpt["epoch"], ckpt["global_step"]
@@ -343,19 +369,23 @@ def fit(
             return state.history
 
     def save() -> None:
-        if checkpoint_path is not None:
+        if checkpoint_path is not None and rank == 0:  # one writer across processes
             save_checkpoint(checkpoint_path, state, {"step_in_epoch": step_in_epoch, "rng": rng_resume,
-                                                     "rng_epoch_start": rng_epoch_start, "run": run})
+                                                     "rng_epoch_start": rng_epoch_start, "run": run,
+                                                     "scaler": scaler.state_dict() if scaler else None})
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total_steps, initial=state.global_step, disable=not config.progress,
+    bar = tqdm(total=total_steps, initial=state.global_step, disable=not config.progress or rank != 0,
                desc="training", unit="step", dynamic_ncols=True)
     for cb in callbacks:
         cb.on_train_begin(state)
     model.train()
     try:
         while state.epoch < config.epochs and not state.stop:
+            sampler = getattr(train_loader, "sampler", None)
+            if hasattr(sampler, "set_epoch"):  # a DistributedSampler shuffles per epoch
+                sampler.set_epoch(state.epoch)
             if step_in_epoch:
                 # Resuming inside an epoch: replay the epoch's data order, skip the batches already
                 # done, then restore the generators as they were after the last finished step.
@@ -371,19 +401,32 @@ def fit(
                 t0 = time.perf_counter()
                 batch = _to_device(batch, device)
                 lr = optimizer.param_groups[0]["lr"]
-                loss = _as_loss(loss_fn(model, batch))
+                optimizer.zero_grad(set_to_none=True)
+                if config.grad_cache_chunk is not None:  # forward and backward, chunk by chunk
+                    loss = grad_cache_step(model, batch, config.grad_cache_chunk, autocast=autocast,
+                                           scale=scaler.scale if scaler else lambda x: x)
+                else:
+                    with autocast():
+                        loss = _as_loss(loss_fn(model, batch))
+                    if torch.isfinite(loss):
+                        (scaler.scale(loss) if scaler else loss).backward()
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
                         f"the loss is {loss.item()} at step {state.global_step + 1}: training diverged "
                         f"(lower the learning rate, or check the inputs for NaN)")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                loss = _mean_over_processes(loss.detach().float(), world_size)
                 with _defer_interrupt():  # the update and its bookkeeping happen entirely or not at all
+                    if scaler is not None:
+                        scaler.unscale_(optimizer)  # clip the true gradients
                     if config.grad_clip_norm is not None:
-                        nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip_norm)
-                    optimizer.step()
+                        nn.utils.clip_grad_norm_(core.parameters(), config.grad_clip_norm)
+                    if scaler is not None:
+                        scaler.step(optimizer)  # skipped if the scaled gradients overflowed
+                        scaler.update()
+                    else:
+                        optimizer.step()
                     scheduler.step()
-                    clamp_logit_scale(model, config.logit_scale_max)
+                    clamp_logit_scale(core, config.logit_scale_max)
                     state.global_step += 1
                     step_in_epoch += 1
                     elapsed += time.perf_counter() - t0
@@ -429,6 +472,34 @@ def fit(
     for cb in callbacks:
         cb.on_train_end(state)
     return state.history
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a `DistributedDataParallel` (or `DataParallel`) wrapper, else the model."""
+    wrappers = (nn.DataParallel, nn.parallel.DistributedDataParallel)
+    return model.module if isinstance(model, wrappers) else model
+
+
+def _mixed_precision(precision: str, device: torch.device):
+    """(autocast context factory, GradScaler or None) for `TrainConfig.precision`."""
+    dtype = _PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext, None
+    if dtype == torch.float16 and device.type != "cuda":
+        raise ValueError(f"precision='fp16' needs a CUDA device (float16 training needs a GradScaler), got "
+                         f"{device.type!r}; use precision='bf16' on CPU")
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+    return (lambda: torch.autocast(device.type, dtype=dtype)), scaler
+
+
+def _mean_over_processes(loss: torch.Tensor, world_size: int) -> torch.Tensor:
+    """The loss averaged over processes (what the history records under DDP; gradients are
+    averaged by DDP itself)."""
+    if world_size > 1:
+        loss = loss.clone()
+        torch.distributed.all_reduce(loss)
+        loss /= world_size
+    return loss
 
 
 def _as_loss(out: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:

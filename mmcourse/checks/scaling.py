@@ -150,16 +150,16 @@ def check_grad_cache_step(grad_cache_step: Callable[..., Any], raise_on_fail: bo
 
     diagnoses = [
         Variant(wrong(scale_grad="never"), "logit_scale got no gradient: the loss depends on it too, and the second "
-                "pass must backpropagate its cached gradient", "pass the chunk's logit_scale and scale.grad to the "
-                "backward of one chunk"),
+                "pass must backpropagate its cached gradient", "the scale is an output of the "
+                "model like the embeddings"),
         Variant(wrong(scale_grad="every"), "logit_scale's gradient is counted once per chunk: it is shared by all "
                 "chunks, so its cached gradient must be backpropagated once", "add it for the first chunk only"),
         Variant(wrong(cached=False), "each chunk's own loss was backpropagated: that is naive accumulation, whose "
                 "negatives are only the chunk's; the second pass must backpropagate the cached gradients of the "
-                "full-batch loss", "torch.autograd.backward(chunk embeddings, their rows of the cached gradients)"),
+                "full-batch loss", "the second pass backpropagates gradients you already have, not a loss"),
         Variant(wrong(restore_rng=False), "the random state was not restored before the second pass: dropout drew "
                 "other masks than in the first, so the cached gradients belong to other embeddings",
-                "record torch.get_rng_state() before each chunk's first forward, torch.set_rng_state before its second"),
+                "dropout draws from torch's generator: both passes over a chunk must start from the same state"),
     ]
     return run_check("grad_cache_step", grad_cache_outcome(grad_cache_step), grad_cache_outcome(reference_grad_cache_step),
                      cases, diagnoses, rtol=1e-7, atol=1e-10, timeout=30,

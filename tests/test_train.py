@@ -437,3 +437,14 @@ def test_same_loader_object_reused_gives_the_same_run():
     assert fit(model, loader, TrainConfig(**CFG)).loss == first.loss  # the loader's generator is re-seeded
     model, _ = make_run()
     assert fit(model, loader, TrainConfig(**CFG, seed=1)).loss != first.loss
+
+
+def test_resume_with_another_number_of_processes_raises(tmp_path):
+    from mmcourse.checkpoint import check_resumable, loader_fingerprint
+
+    ckpt_path, model, loader = _stopped_run(tmp_path)
+    ckpt = load_checkpoint(ckpt_path)
+    assert ckpt["run"] == {"loader": loader_fingerprint(loader), "world_size": 1}
+    ckpt["run"]["world_size"] = 2  # as if written by a 2-process torchrun
+    with pytest.raises(ValueError, match=r"trained by 2 processes, this run has 1"):
+        check_resumable(ckpt, TrainConfig(**CFG), {"loader": loader_fingerprint(loader), "world_size": 1})

@@ -15,6 +15,12 @@ where the run stopped: the loss curve is the one an uninterrupted run gives. Int
 (Ctrl-C / the stop button) never loses work: `fit` saves a checkpoint and returns the history
 so far. Checkpoints live in `mmcourse.checkpoint`, callbacks in `mmcourse.callbacks` (both
 importable from here too).
+
+Options for large batches (lesson 10): `TrainConfig(grad_cache_chunk=k)` does the forward and backward by
+gradient caching in chunks of k pairs (`mmcourse.gradcache`: the same gradients, one chunk's
+memory); `TrainConfig(precision="bf16")` runs the forward under autocast (the loss stays float32;
+"fp16" adds a `GradScaler`, CUDA only); a DDP-wrapped model with
+`mmcourse.distributed.DistributedContrastiveLoss` trains on several processes.
 """
 from __future__ import annotations
 
@@ -291,7 +297,10 @@ def fit(
     """Train `model` and return its `History`.
 
     Args:
-        model: any `nn.Module`; moved to `config.device` (default: `get_device()`).
+        model: any `nn.Module`; moved to `config.device` (default: `get_device()`). Under
+            `torchrun` it may be wrapped in `DistributedDataParallel` (see `mmcourse.train_ddp`):
+            rank 0 alone writes checkpoints and shows progress, the history records the loss
+            averaged over processes, and a `DistributedSampler` gets `set_epoch` every epoch.
         train_loader: an iterable of batches with a length (e.g. a `DataLoader`). For exactly
             repeatable runs give the DataLoader a `generator`, or rely on the global seed.
         config: a `TrainConfig` (defaults if None).

@@ -17,10 +17,9 @@ the gradient with respect to the logits is G = (P + Q)/(2N) - I/N, hence
   second pass recomputes each block of logits and turns it into its block of G, which is
   multiplied into the gradients at once. Nothing of size N² is ever held.
 - `fused_clip_loss`: as fast as we can get on a CPU. The (N, N) matrix is held once and each
-  entry is exponentiated once (exp passes over N² numbers are memory-bound, so each block of
-  rows is exponentiated while it is still in cache, right after its matrix product); the
-  gradient is formed in place and the loss's whole cost is the three (N, N, D) matrix
-  products plus one exp pass. If a column's sum underflows (a column whose largest logit lies
+  entry is exponentiated once (passes over N² numbers are memory-bound, so each block of rows
+  gets its maximum, exp and sum while it is in cache); the gradient is formed in place, and the
+  loss's whole cost is the three (N, N, D) matrix products plus two elementwise passes. If a column's sum underflows (a column whose largest logit lies
   more than about 70 below the largest row maximum) it falls back to the blocked version.
 
 Both compute in float32 (float64 stays float64; float16/bfloat16 embeddings are upcast before the
@@ -46,10 +45,11 @@ from .losses import Scalar, _check_pair, _check_scalar
 __all__ = ["blocked_clip_loss", "fused_clip_loss", "default_block_size"]
 
 
-def default_block_size(n: int, bytes_per_block: int = 1 << 20) -> int:
+def default_block_size(n: int, bytes_per_block: int = 4 << 20, min_rows: int = 128) -> int:
     """Rows per block so that one block of float32 logits (rows × n) takes about
-    `bytes_per_block` (1 MiB: fits a CPU's L2 cache), at least 16 rows (at most n)."""
-    return min(n, max(16, bytes_per_block // (4 * n)))
+    `bytes_per_block` (4 MiB: within a CPU's cache), but at least `min_rows` (thinner blocks make
+    the matrix products slow) and at most n."""
+    return min(n, max(min_rows, bytes_per_block // (4 * n)))
 
 
 def _blocks(n: int, block_size: int):
@@ -95,9 +95,9 @@ def _fused_forward(x, y, s, block, need_grad):
     e = x.new_empty(n, n)  # (N, N) the one big buffer: logits, then exp, then G
     row_max = x.new_empty(n)  # (N,)
     row_sum = x.new_empty(n)  # (N,)
+    torch.mm(x, y.T, out=e).mul_(s)  # (N, N) logits: one big product, as fast as the floor's
     for r0, r1 in _blocks(n, block):
-        eb = e[r0:r1]
-        torch.mm(x[r0:r1], y.T, out=eb).mul_(s)  # (b, N) logits, still in cache for:
+        eb = e[r0:r1]  # (b, N), read once from memory and kept in cache for:
         row_max[r0:r1] = eb.amax(dim=1)
         eb.sub_(row_max[r0:r1, None]).exp_()  # the only exp pass: E_ij = exp(L_ij - m_i) <= 1
         row_sum[r0:r1] = eb.sum(dim=1)  # >= 1 (the row's maximum contributes exp(0))
@@ -113,15 +113,11 @@ def _fused_forward(x, y, s, block, need_grad):
         return loss, None, None
     inv_row = 1.0 / (2 * n * row_sum)  # (N,)
     inv_col = 1.0 / (2 * n * col_sum)  # (N,)
-    gy_x = torch.empty_like(x)
-    gtx = torch.zeros_like(y)
     for r0, r1 in _blocks(n, block):
         gb = e[r0:r1]
         gb.mul_(w[r0:r1, None] * inv_col[None, :] + inv_row[r0:r1, None])  # P/(2N) + Q/(2N)
         gb[:, r0:r1].diagonal().sub_(1.0 / n)
-        gy_x[r0:r1] = gb @ y
-        gtx.addmm_(gb.T, x[r0:r1])
-    return loss, gy_x, gtx
+    return loss, e @ y, e.T @ x  # G·Y, Gᵀ·X: the floor's other two products
 
 
 class _BlockwiseClipLoss(torch.autograd.Function):

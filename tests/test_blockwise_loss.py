@@ -92,5 +92,5 @@ def test_bad_input_raises():
 
 
 def test_default_block_size():
-    assert default_block_size(4096) == 64  # 64 rows x 4096 x 4 bytes = 1 MiB
-    assert default_block_size(10) == 10 and default_block_size(1 << 20) == 16
+    assert default_block_size(4096) == 256  # 256 rows x 4096 x 4 bytes = 4 MiB
+    assert default_block_size(10) == 10 and default_block_size(1 << 20) == 128

@@ -11,6 +11,7 @@ uses. Each name lives in one module:
 - `data`, `tokenizer`, `zero_shot_metadata`: offline datasets, the tokenizer, class names and templates
 - `models`: CLIPConfig, CLIP and its encoders
 - `train`: TrainConfig, fit, History (the course's one training loop)
+- `gradcache`, `blockwise_loss`, `distributed`: large batches (lesson 10)
 - `pretrained`: load_digits_clip, load_shapes_clip (train once, then cached)
 - `fusion`, `itm`, `pretrained_fusion`: fusion modules and classifiers, ITM with hard negatives,
   the cached models of lesson 08
@@ -38,6 +39,9 @@ _API = {
     "tokenizer": ["CaptionTokenizer", "build_tokenizer", "load_tokenizer", "default_tokenizer"],
     "models": ["CLIPConfig", "CLIP", "CLIPOutput", "SmallCNN", "TinyViT", "TextTransformer", "BagOfWords"],
     "train": ["TrainConfig", "History", "fit", "LivePlot", "save_checkpoint", "load_checkpoint"],
+    "gradcache": ["grad_cache_step"],
+    "blockwise_loss": ["blocked_clip_loss", "fused_clip_loss"],
+    "distributed": ["clip_loss_distributed", "siglip_loss_distributed", "DistributedContrastiveLoss"],
     "pretrained": ["load_digits_clip", "load_shapes_clip", "PretrainedCLIP"],
     "evaluate": ["build_zero_shot_classifier", "zero_shot_logits", "accuracy", "retrieval_metrics",
                  "encode_dataset", "linear_probe", "ImageClassifier"],

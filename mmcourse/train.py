@@ -13,14 +13,20 @@ checkpoint (if `checkpoint_path` is given). A checkpoint holds the model, optimi
 every random number generator and the history, so `fit(..., resume=True)` continues exactly
 where the run stopped: the loss curve is the one an uninterrupted run gives. Interrupting
 (Ctrl-C / the stop button) never loses work: `fit` saves a checkpoint and returns the history
-so far.
+so far. Checkpoints live in `mmcourse.checkpoint`, callbacks in `mmcourse.callbacks` (both
+importable from here too).
+
+Options for large batches (lesson 10): `TrainConfig(grad_cache_chunk=k)` does the forward and backward by
+gradient caching in chunks of k pairs (`mmcourse.gradcache`: the same gradients, one chunk's
+memory); `TrainConfig(precision="bf16")` runs the forward under autocast (the loss stays float32;
+"fp16" adds a `GradScaler`, CUDA only); a DDP-wrapped model with
+`mmcourse.distributed.DistributedContrastiveLoss` trains on several processes.
 """
 from __future__ import annotations
 
 import contextlib
 import math
 import os
-import random
 import signal
 import threading
 import time
@@ -28,15 +34,26 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-import numpy as np
 import torch
 import torch.nn as nn
 
+from .callbacks import Callback, LivePlot, TrainState
+from .checkpoint import (_loader_generators, _rng_state, _set_rng_state, check_resumable,
+                         load_checkpoint, loader_fingerprint, restore, save_atomic, save_checkpoint)
+from .gradcache import grad_cache_step
 from .losses import clip_loss, siglip_loss
 from .utils import get_device, seed_everything
 
+# Re-exported: `from mmcourse.train import Callback, LivePlot, save_checkpoint, load_checkpoint` keeps working.
+__all__ = ["TrainConfig", "History", "fit", "clip_loss_fn", "param_groups", "make_optimizer", "lr_factor",
+           "make_scheduler", "clamp_logit_scale", "Callback", "TrainState", "LivePlot", "save_atomic",
+           "save_checkpoint", "load_checkpoint"]
+
 # ----------------------------------------------------------------------------------------------
 # Configuration and history
+
+
+_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -58,6 +75,12 @@ class TrainConfig:
         max_seconds: stop after this much training time (validation excluded); None: no limit.
         log_every: update the progress bar's loss read-out every this many steps.
         progress: show a tqdm progress bar.
+        grad_cache_chunk: compute each batch's loss and gradients by gradient caching in
+            chunks of this many pairs (`mmcourse.gradcache`): the same gradients as the whole
+            batch (models without BatchNorm) with the activation memory of one chunk. Needs
+            the default CLIP/SigLIP loss (no custom `loss_fn`) and one process. None: off.
+        precision: "fp32"; "bf16" (bfloat16 autocast, CPU or CUDA); "fp16" (float16 autocast
+            with a `GradScaler`, CUDA only). The loss is always computed in float32.
     """
 
     epochs: int = 10
@@ -74,6 +97,8 @@ class TrainConfig:
     max_seconds: float | None = None
     log_every: int = 10
     progress: bool = True
+    grad_cache_chunk: int | None = None
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
@@ -91,15 +116,16 @@ class TrainConfig:
             raise ValueError(f"max_seconds must be positive, got {self.max_seconds}")
         if self.log_every < 1:
             raise ValueError(f"log_every must be >= 1, got {self.log_every}")
+        if self.grad_cache_chunk is not None and (isinstance(self.grad_cache_chunk, bool) or
+                                                  not isinstance(self.grad_cache_chunk, int) or self.grad_cache_chunk < 1):
+            raise ValueError(f"grad_cache_chunk must be a positive int (pairs per chunk) or None, got {self.grad_cache_chunk!r}")
+        if self.precision not in _PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(_PRECISIONS)}, got {self.precision!r}")
 
     def num_warmup_steps(self, total_steps: int) -> int:
         if self.warmup_steps is not None:
             return min(self.warmup_steps, total_steps)
         return int(round(self.warmup_fraction * total_steps))
-
-
-# Fields that may change between a run and its resumption without changing the result.
-_RESUMABLE_CHANGES = {"device", "max_seconds", "log_every", "progress"}
 
 
 @dataclass
@@ -227,164 +253,6 @@ def clamp_logit_scale(model: nn.Module, max_value: float | None = math.log(100))
             scale.clamp_(0, max_value)
 
 
-# ----------------------------------------------------------------------------------------------
-# Callbacks
-
-
-class Callback:
-    """Override any of these. `state` is the running `TrainState`; set `state.stop = True` to end
-    training after the current step."""
-
-    def on_train_begin(self, state: "TrainState") -> None: ...
-    def on_step_end(self, state: "TrainState") -> None: ...
-    def on_epoch_end(self, state: "TrainState") -> None: ...
-    def on_train_end(self, state: "TrainState") -> None: ...
-
-
-@dataclass
-class TrainState:
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    config: TrainConfig
-    history: History
-    total_steps: int
-    epoch: int = 0  # epochs finished
-    global_step: int = 0  # steps finished
-    stop: bool = False
-
-
-class LivePlot(Callback):
-    """A live plot of the loss (and validation metrics) in a notebook, redrawn once per epoch.
-
-    Args:
-        metrics: names of validation metrics to plot on a second axis (e.g. "zero_shot_top1");
-            None plots every metric `val_fn` returns.
-        every: redraw every this many epochs.
-    """
-
-    def __init__(self, metrics: Sequence[str] | None = None, every: int = 1, figsize=(7.0, 3.0)):
-        self.metrics, self.every, self.figsize = metrics, every, figsize
-        self._handle = None
-
-    def _draw(self, state: TrainState):
-        import matplotlib.pyplot as plt
-
-        h = state.history
-        fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=self.figsize)
-        ax_loss.plot(h.epoch, h.loss, lw=1)
-        ax_loss.set(title="training loss", xlabel="epoch", ylabel="CLIP loss (nats)")
-        ax_loss.set_xlim(0, state.config.epochs)
-        names = self.metrics or sorted({k for row in h.val for k in row} - {"epoch", "step", "time"})
-        values = []
-        for name in names:
-            xs = [r["epoch"] for r in h.val if name in r]
-            values += [r[name] for r in h.val if name in r]
-            ax_val.plot(xs, [r[name] for r in h.val if name in r], marker="o", ms=3, label=name)
-        fractions = bool(values) and all(0.0 <= v <= 1.0 for v in values)  # accuracies, recalls: give the unit
-        ax_val.set(title="validation", xlabel="epoch",
-                   ylabel="metric value (fraction, 0 to 1)" if fractions else "metric value")
-        if fractions:
-            ax_val.set_ylim(0, 1.02)
-        ax_val.set_xlim(0, state.config.epochs)
-        if names:
-            ax_val.legend(fontsize=8)
-        fig.tight_layout()
-        plt.close(fig)  # shown through the display handle only, not again at the cell's end
-        return fig
-
-    def _show(self, state: TrainState) -> None:
-        try:
-            from IPython.display import display
-        except ImportError:  # pragma: no cover
-            return
-        fig = self._draw(state)
-        if self._handle is None:
-            self._handle = display(fig, display_id=True)
-        else:
-            self._handle.update(fig)
-
-    def on_epoch_end(self, state: TrainState) -> None:
-        if state.epoch % self.every == 0 or state.epoch == state.config.epochs:
-            self._show(state)
-
-    def on_train_end(self, state: TrainState) -> None:
-        if state.epoch % self.every != 0:
-            self._show(state)
-
-
-# ----------------------------------------------------------------------------------------------
-# Random number generators and checkpoints
-
-
-def _loader_generators(loader: Any) -> list[torch.Generator]:
-    gens = []
-    for obj in (loader, getattr(loader, "sampler", None), getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
-        g = getattr(obj, "generator", None)
-        if isinstance(g, torch.Generator) and all(g is not x for x in gens):
-            gens.append(g)
-    return gens
-
-
-def _rng_state(loader: Any) -> dict[str, Any]:
-    state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-        "loader": [g.get_state() for g in _loader_generators(loader)],
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], loader: Any) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    for g, s in zip(_loader_generators(loader), state["loader"]):
-        g.set_state(s)
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """`torch.save` to a temporary file in the same folder, then rename it: a crash while
-    saving never leaves a broken file behind (a rename is atomic)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def save_checkpoint(path: str | os.PathLike, state: TrainState, extra: dict[str, Any]) -> None:
-    """Write a checkpoint of the whole training state atomically (see `save_atomic`)."""
-    payload = {
-        "model": state.model.state_dict(),
-        "optimizer": state.optimizer.state_dict(),
-        "scheduler": state.scheduler.state_dict(),
-        "config": asdict(state.config),
-        "history": state.history.to_dict(),
-        "epoch": state.epoch,
-        "global_step": state.global_step,
-        **extra,
-    }
-    save_atomic(payload, path)
-
-
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by `fit` (a trusted local file: it holds RNG states, so it is
-    loaded with `weights_only=False`)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    return torch.load(path, map_location=map_location, weights_only=False)
-
-
 @contextlib.contextmanager
 def _defer_interrupt():
     """Hold a Ctrl-C until the block ends, so an update is never half applied."""
@@ -429,7 +297,10 @@ def fit(
     """Train `model` and return its `History`.
 
     Args:
-        model: any `nn.Module`; moved to `config.device` (default: `get_device()`).
+        model: any `nn.Module`; moved to `config.device` (default: `get_device()`). Under
+            `torchrun` it may be wrapped in `DistributedDataParallel` (see `mmcourse.train_ddp`):
+            rank 0 alone writes checkpoints and shows progress, the history records the loss
+            averaged over processes, and a `DistributedSampler` gets `set_epoch` every epoch.
         train_loader: an iterable of batches with a length (e.g. a `DataLoader`). For exactly
             repeatable runs give the DataLoader a `generator`, or rely on the global seed.
         config: a `TrainConfig` (defaults if None).
@@ -448,10 +319,16 @@ def fit(
 
     Raises:
         ValueError: a loader without length or batches, a non-scalar loss, `resume` without a
-            checkpoint path, or a checkpoint written with a different `TrainConfig`.
+            checkpoint path, or a checkpoint written by a different run: another `TrainConfig`,
+            a loader with another number of batches (batch size, dataset, sampler, generators),
+            another model, set of trainable parameters or world size (see
+            `mmcourse.checkpoint.check_resumable`).
         FloatingPointError: the loss became NaN or infinite (training diverged).
     """
     config = config or TrainConfig()
+    if config.grad_cache_chunk is not None and loss_fn not in (None, clip_loss_fn):
+        raise ValueError("grad_cache_chunk computes the CLIP/SigLIP loss from the model's embeddings itself: "
+                         "it cannot split a custom loss_fn into chunks (drop loss_fn or grad_cache_chunk)")
     loss_fn = loss_fn or clip_loss_fn
     try:
         steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
@@ -462,27 +339,33 @@ def fit(
     if resume and checkpoint_path is None:
         raise ValueError("resume=True needs a checkpoint_path")
     total_steps = config.epochs * steps_per_epoch
+    world_size = torch.distributed.get_world_size() if torch.distributed.is_available() and torch.distributed.is_initialized() else 1
+    if config.grad_cache_chunk is not None and world_size > 1:
+        raise ValueError("grad_cache_chunk works in one process; across processes use a distributed loss "
+                         "(mmcourse.distributed) and a smaller batch per process")
     device = torch.device(config.device) if config.device else get_device()
+    autocast, scaler = _mixed_precision(config.precision, device)
     model.to(device)
+    core = _unwrap(model)  # the model itself, also when wrapped in DistributedDataParallel
+    rank = torch.distributed.get_rank() if world_size > 1 else 0
 
     ckpt = load_checkpoint(checkpoint_path) if resume and Path(checkpoint_path).exists() else None
     if ckpt is None:  # a fresh run: every generator starts from config.seed, so runs repeat exactly
         seed_everything(config.seed)
         for g in _loader_generators(train_loader):
             g.manual_seed(config.seed)
-    optimizer = make_optimizer(model, config)
+    optimizer = make_optimizer(core, config)
     scheduler = make_scheduler(optimizer, config.num_warmup_steps(total_steps), total_steps)
-    state = TrainState(model, optimizer, scheduler, config, History(), total_steps)
+    state = TrainState(core, optimizer, scheduler, config, History(), total_steps)
     elapsed = 0.0  # seconds of training (validation excluded), carried across resumptions
     step_in_epoch = 0  # steps of the current epoch already done
     # rng_resume: the generators' state right after the last finished step (or at the start of
     # the current epoch); rng_epoch_start: their state when the current epoch's iterator was made.
     rng_resume = rng_epoch_start = None
+    run = {"loader": loader_fingerprint(train_loader), "world_size": world_size}
     if ckpt is not None:
-        _check_same_config(ckpt["config"], config)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
+        check_resumable(ckpt, config, run)  # same config, loader and world size, or a ValueError
+        restore(ckpt, core, optimizer, scheduler, scaler)
         state.history = History.from_dict(ckpt["history"])
         state.history.stopped = None
         state.epoch, state.global_step = ckpt["epoch"], ckpt["global_step"]
@@ -495,19 +378,23 @@ def fit(
             return state.history
 
     def save() -> None:
-        if checkpoint_path is not None:
+        if checkpoint_path is not None and rank == 0:  # one writer across processes
             save_checkpoint(checkpoint_path, state, {"step_in_epoch": step_in_epoch, "rng": rng_resume,
-                                                     "rng_epoch_start": rng_epoch_start})
+                                                     "rng_epoch_start": rng_epoch_start, "run": run,
+                                                     "scaler": scaler.state_dict() if scaler else None})
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total_steps, initial=state.global_step, disable=not config.progress,
+    bar = tqdm(total=total_steps, initial=state.global_step, disable=not config.progress or rank != 0,
                desc="training", unit="step", dynamic_ncols=True)
     for cb in callbacks:
         cb.on_train_begin(state)
     model.train()
     try:
         while state.epoch < config.epochs and not state.stop:
+            sampler = getattr(train_loader, "sampler", None)
+            if hasattr(sampler, "set_epoch"):  # a DistributedSampler shuffles per epoch
+                sampler.set_epoch(state.epoch)
             if step_in_epoch:
                 # Resuming inside an epoch: replay the epoch's data order, skip the batches already
                 # done, then restore the generators as they were after the last finished step.
@@ -523,19 +410,32 @@ def fit(
                 t0 = time.perf_counter()
                 batch = _to_device(batch, device)
                 lr = optimizer.param_groups[0]["lr"]
-                loss = _as_loss(loss_fn(model, batch))
+                optimizer.zero_grad(set_to_none=True)
+                if config.grad_cache_chunk is not None:  # forward and backward, chunk by chunk
+                    loss = grad_cache_step(model, batch, config.grad_cache_chunk, autocast=autocast,
+                                           scale=scaler.scale if scaler else lambda x: x)
+                else:
+                    with autocast():
+                        loss = _as_loss(loss_fn(model, batch))
+                    if torch.isfinite(loss):
+                        (scaler.scale(loss) if scaler else loss).backward()
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
                         f"the loss is {loss.item()} at step {state.global_step + 1}: training diverged "
                         f"(lower the learning rate, or check the inputs for NaN)")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                loss = _mean_over_processes(loss.detach().float(), world_size)
                 with _defer_interrupt():  # the update and its bookkeeping happen entirely or not at all
+                    if scaler is not None:
+                        scaler.unscale_(optimizer)  # clip the true gradients
                     if config.grad_clip_norm is not None:
-                        nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip_norm)
-                    optimizer.step()
+                        nn.utils.clip_grad_norm_(core.parameters(), config.grad_clip_norm)
+                    if scaler is not None:
+                        scaler.step(optimizer)  # skipped if the scaled gradients overflowed
+                        scaler.update()
+                    else:
+                        optimizer.step()
                     scheduler.step()
-                    clamp_logit_scale(model, config.logit_scale_max)
+                    clamp_logit_scale(core, config.logit_scale_max)
                     state.global_step += 1
                     step_in_epoch += 1
                     elapsed += time.perf_counter() - t0
@@ -583,6 +483,34 @@ def fit(
     return state.history
 
 
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a `DistributedDataParallel` (or `DataParallel`) wrapper, else the model."""
+    wrappers = (nn.DataParallel, nn.parallel.DistributedDataParallel)
+    return model.module if isinstance(model, wrappers) else model
+
+
+def _mixed_precision(precision: str, device: torch.device):
+    """(autocast context factory, GradScaler or None) for `TrainConfig.precision`."""
+    dtype = _PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext, None
+    if dtype == torch.float16 and device.type != "cuda":
+        raise ValueError(f"precision='fp16' needs a CUDA device (float16 training needs a GradScaler), got "
+                         f"{device.type!r}; use precision='bf16' on CPU")
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+    return (lambda: torch.autocast(device.type, dtype=dtype)), scaler
+
+
+def _mean_over_processes(loss: torch.Tensor, world_size: int) -> torch.Tensor:
+    """The loss averaged over processes (what the history records under DDP; gradients are
+    averaged by DDP itself)."""
+    if world_size > 1:
+        loss = loss.clone()
+        torch.distributed.all_reduce(loss)
+        loss /= world_size
+    return loss
+
+
 def _as_loss(out: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
     if isinstance(out, dict):
         out = out["loss"] if "loss" in out else sum(out.values())
@@ -616,16 +544,3 @@ def _validate(state: TrainState, val_fn: Callable | None, elapsed: float) -> Non
            "step": state.global_step, "time": elapsed}
     row.update({k: float(v) for k, v in metrics.items()})
     state.history.val.append(row)
-
-
-def _check_same_config(saved: dict[str, Any], config: TrainConfig) -> None:
-    now = asdict(config)
-    changed = sorted(k for k in now if k not in _RESUMABLE_CHANGES and _norm(saved.get(k)) != _norm(now[k]))
-    if changed:
-        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
-        raise ValueError(f"cannot resume: the TrainConfig differs from the checkpoint's ({detail}); "
-                         f"use the same config or a new checkpoint_path")
-
-
-def _norm(v: Any) -> Any:
-    return tuple(v) if isinstance(v, list) else v

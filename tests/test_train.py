@@ -233,6 +233,77 @@ def test_resume_with_other_config_raises(tmp_path):
         fit(model, loader, TrainConfig(**CFG), resume=True)
 
 
+def test_resume_with_a_loader_of_another_length_raises(tmp_path):
+    # the input: stop at step 5 of an epoch of 8 batches of 32, resume with batches of 128
+    ckpt = tmp_path / "run.pt"
+    model, loader = make_run(n=256, batch_size=32)
+    assert len(loader) == 8
+    fit(model, loader, TrainConfig(**CFG), checkpoint_path=ckpt, callbacks=[StopAt(5)])
+    assert load_checkpoint(ckpt)["step_in_epoch"] == 5
+    _, big = make_run(n=256, batch_size=128)
+    assert len(big) == 2
+    with pytest.raises(ValueError, match=r"8 batches per epoch, this one has 2, batch_size 32 -> 128") as e:
+        fit(model, big, TrainConfig(**CFG), checkpoint_path=ckpt, resume=True)
+    assert "step 5 of epoch 1" in str(e.value) and "another checkpoint_path" in str(e.value)
+    # a longer loader (dataset grew), and at an epoch boundary too: the schedule would silently change
+    _, longer = make_run(n=320, batch_size=32)
+    with pytest.raises(ValueError, match=r"8 batches per epoch, this one has 10, dataset_len 256 -> 320"):
+        fit(model, longer, TrainConfig(**CFG), checkpoint_path=ckpt, resume=True)
+    # the same loader still resumes
+    fit(model, loader, TrainConfig(**CFG), checkpoint_path=ckpt, resume=True)
+    assert load_checkpoint(ckpt)["global_step"] == 24
+
+
+def _stopped_run(tmp_path, **kw):
+    ckpt = tmp_path / "run.pt"
+    model, loader = make_run(**kw)
+    fit(model, loader, TrainConfig(**CFG), checkpoint_path=ckpt, callbacks=[StopAt(2)])
+    return ckpt, model, loader
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(batch_size=24, n=72), r"batch_size: 32 -> 24"),  # same 3 batches, other batch size
+    (dict(shuffle=False), r"sampler: 'RandomSampler' -> 'SequentialSampler'"),
+    (dict(generator=True), r"generators: 0 -> 1"),
+    (dict(drop_last=True, n=100), r"drop_last: False -> True"),
+])
+def test_resume_with_a_loader_that_orders_data_differently_raises(tmp_path, change, message):
+    ckpt, model, _ = _stopped_run(tmp_path)
+    n, batch_size = change.pop("n", 96), change.pop("batch_size", 32)
+    shuffle, drop_last = change.pop("shuffle", True), change.pop("drop_last", False)
+    gen = torch.Generator().manual_seed(1) if change.pop("generator", False) else None
+    loader = DataLoader(ToyPairs(n), batch_size=batch_size, shuffle=shuffle, generator=gen, drop_last=drop_last)
+    assert len(loader) == 3  # the number of batches alone would not tell
+    with pytest.raises(ValueError, match=message):
+        fit(model, loader, TrainConfig(**CFG), checkpoint_path=ckpt, resume=True)
+
+
+def test_resume_with_another_model_or_frozen_parameters_raises(tmp_path):
+    ckpt, model, loader = _stopped_run(tmp_path)
+    other = CLIP(CLIPConfig(**{**TINY, "embed_dim": 8}))
+    with pytest.raises(ValueError, match=r"model's parameters differ.*size mismatch"):
+        fit(other, loader, TrainConfig(**CFG), checkpoint_path=ckpt, resume=True)
+    model.logit_scale.requires_grad_(False)
+    with pytest.raises(ValueError, match=r"trainable parameters differ.*were trainable, now not: \['logit_scale'\]"):
+        fit(model, loader, TrainConfig(**CFG), checkpoint_path=ckpt, resume=True)
+
+
+def test_resume_from_a_foreign_checkpoint_raises(tmp_path):
+    model, loader = make_run()
+    torch.save({"model": model.state_dict()}, tmp_path / "weights.pt")
+    with pytest.raises(ValueError, match=r"lacks \['optimizer'"):
+        fit(model, loader, TrainConfig(**CFG), checkpoint_path=tmp_path / "weights.pt", resume=True)
+
+
+def test_resume_finished_run_with_another_loader_raises(tmp_path):
+    ckpt = tmp_path / "run.pt"
+    model, loader = make_run()
+    fit(model, loader, TrainConfig(**CFG), checkpoint_path=ckpt)
+    _, other = make_run(batch_size=48)
+    with pytest.raises(ValueError, match=r"3 batches per epoch, this one has 2"):
+        fit(model, other, TrainConfig(**CFG), checkpoint_path=ckpt, resume=True)
+
+
 def test_missing_checkpoint_with_resume_starts_fresh(tmp_path):
     model, loader = make_run()
     full = fit(model, loader, TrainConfig(**CFG))
@@ -366,3 +437,14 @@ def test_same_loader_object_reused_gives_the_same_run():
     assert fit(model, loader, TrainConfig(**CFG)).loss == first.loss  # the loader's generator is re-seeded
     model, _ = make_run()
     assert fit(model, loader, TrainConfig(**CFG, seed=1)).loss != first.loss
+
+
+def test_resume_with_another_number_of_processes_raises(tmp_path):
+    from mmcourse.checkpoint import check_resumable, loader_fingerprint
+
+    ckpt_path, model, loader = _stopped_run(tmp_path)
+    ckpt = load_checkpoint(ckpt_path)
+    assert ckpt["run"] == {"loader": loader_fingerprint(loader), "world_size": 1}
+    ckpt["run"]["world_size"] = 2  # as if written by a 2-process torchrun
+    with pytest.raises(ValueError, match=r"trained by 2 processes, this run has 1"):
+        check_resumable(ckpt, TrainConfig(**CFG), {"loader": loader_fingerprint(loader), "world_size": 1})

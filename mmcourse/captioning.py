@@ -314,10 +314,7 @@ def load_captioner(dataset: str = "shapes", freeze_image_tower: bool = True, con
     from torch.utils.data import DataLoader
 
     from .data import CaptionedDigits, Shapes, make_collate
-    from .pretrained import _exclusive, config_hash, load_digits_clip, load_shapes_clip
-    from .pretrained import cache_dir as default_cache_dir
-    from .train import History, fit, load_checkpoint, save_atomic
-    from .utils import get_device
+    from .pretrained import load_digits_clip, load_shapes_clip, train_or_load_model
 
     if dataset not in ("shapes", "digits"):
         raise ValueError(f"dataset must be 'shapes' or 'digits', got {dataset!r}")
@@ -329,33 +326,18 @@ def load_captioner(dataset: str = "shapes", freeze_image_tower: bool = True, con
     config = config or CaptionerConfig.for_clip(clip, tokenizer)
     config = replace(config, freeze_image_tower=freeze_image_tower)
     train_config = train_config or captioner_train_config(dataset)
-    train_key = {k: v for k, v in asdict(train_config).items() if k not in ("device", "progress", "log_every")}
     data_key = {"dataset": dataset, "batch_size": batch_size, "seed": seed, "clip": _weights_hash(clip)}
-    path = default_cache_dir(cache_dir) / f"captioner_{dataset}_{config_hash(config, train_key, data_key)}.pt"
-    device = torch.device(train_config.device) if train_config.device else get_device()
-    with _exclusive(path.with_name(path.name + ".lock")):
-        torch.manual_seed(train_config.seed)
-        model = PrefixCaptioner(clip, config)
-        if path.exists() and not force:
-            saved = load_checkpoint(path)
-            model.load_state_dict(saved["model"])
-            return PretrainedCaptioner(model.to(device).eval(), tokenizer, History.from_dict(saved["history"]))
-        partial = path.with_name(path.stem + ".partial.pt")
-        if force:
-            partial.unlink(missing_ok=True)
+
+    def make_loader():
         if dataset == "shapes":
             from .pretrained import DEFAULT_SHAPES_HOLDOUT
             train = Shapes("train", seed=seed, holdout=DEFAULT_SHAPES_HOLDOUT)
         else:
             train = CaptionedDigits("train", seed=seed)
-        loader = DataLoader(train, batch_size=batch_size, shuffle=True, collate_fn=make_collate(tokenizer),
-                            generator=torch.Generator().manual_seed(seed))
-        history = fit(model, loader, train_config, loss_fn=caption_loss, callbacks=callbacks,
-                      checkpoint_path=partial, resume=True)
-        if history.stopped == "interrupted":
-            warnings.warn(f"training was interrupted; the next call resumes from {partial}", stacklevel=2)
-            return PretrainedCaptioner(model.eval(), tokenizer, history)
-        save_atomic({"model": {k: v.cpu() for k, v in model.state_dict().items()}, "config": asdict(config),
-                     "train_config": asdict(train_config), "data": data_key, "history": history.to_dict()}, path)
-        partial.unlink(missing_ok=True)
-        return PretrainedCaptioner(model.eval(), tokenizer, history)
+        return DataLoader(train, batch_size=batch_size, shuffle=True, collate_fn=make_collate(tokenizer),
+                          generator=torch.Generator().manual_seed(seed))
+
+    model, history, _ = train_or_load_model(f"captioner_{dataset}", lambda: PrefixCaptioner(clip, config), config,
+                                            train_config, make_loader, data_key, loss_fn=caption_loss,
+                                            cache=cache_dir, force=force, callbacks=callbacks)
+    return PretrainedCaptioner(model, tokenizer, history)

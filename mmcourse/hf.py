@@ -278,7 +278,7 @@ def load_digits_hf_clip(settings: HFCLIPSettings | None = None, train_config: Tr
     from transformers import __version__ as transformers_version
 
     from .data import CaptionedDigits, digits_dataloaders
-    from .model_cache import train_or_load_model
+    from .pretrained import train_or_load_model
     from .tokenizer import default_tokenizer
 
     tokenizer = default_tokenizer()

@@ -24,7 +24,7 @@ from .losses import masked_token_accuracy
 from .masking import MaskingCollator, mask_tokens, special_token_ids
 from .mlm import MLMConfig, MaskedLanguageModel, mlm_loss_fn, predict_masked
 from .models import CLIPConfig
-from .pretrained import PretrainedCLIP, _exclusive, _train_key, cache_dir, config_hash, shapes_clip_config
+from .pretrained import PretrainedCLIP, shapes_clip_config, train_or_load_model
 from .train import History, TrainConfig, fit, load_checkpoint, save_atomic
 
 # Twice BERT's 15%: our captions have about 9 maskable words, so 15% gives one or two targets per
@@ -38,42 +38,16 @@ MLM_PROBABILITY = 0.3
 def train_or_load_module(name: str, build: Callable[[], nn.Module], key: Sequence[Any], train_config: TrainConfig,
                          make_loader: Callable[[], Any], loss_fn: Callable | None = None, val_fn: Callable | None = None,
                          cache: str | os.PathLike | None = None, force: bool = False) -> tuple[nn.Module, History, Path]:
-    """`mmcourse.pretrained.train_or_load` for any model: load `name` if a model with exactly these
-    settings was cached, else build it (after seeding with `train_config.seed`), train it with
-    `fit(loss_fn=...)` (resuming an interrupted attempt) and cache it.
-
-    Args:
-        build: makes the untrained model (it may load weights into it, e.g. a pre-trained tower).
-        key: everything besides `train_config` that determines the trained weights (configs,
-            data settings, the cache file of a pre-trained part), hashed into the file name.
+    """`mmcourse.pretrained.train_or_load_model` with lesson 07's key: `key` holds everything
+    besides `train_config` that determines the trained weights (configs, data settings, the cache
+    file of a pre-trained part).
 
     Returns:
         (model in eval mode, its History, the cache file).
     """
-    path = cache_dir(cache) / f"{name}_{config_hash(name, *key, _train_key(train_config))}.pt"
-    partial = path.with_name(path.stem + ".partial.pt")
-    device = torch.device(train_config.device) if train_config.device else None
-    with _exclusive(path.with_name(path.name + ".lock")):
-        if path.exists() and not force:
-            from .utils import get_device
-
-            saved = load_checkpoint(path)
-            model = build()
-            model.load_state_dict(saved["model"])
-            return model.to(device or get_device()).eval(), History.from_dict(saved["history"]), path
-        if force:
-            partial.unlink(missing_ok=True)
-        torch.manual_seed(train_config.seed)  # the initial weights depend on the seed only
-        model = build()
-        history = fit(model, make_loader(), train_config, loss_fn=loss_fn, val_fn=val_fn,
-                      checkpoint_path=partial, resume=True)
-        if history.stopped == "interrupted":
-            warnings.warn(f"training was interrupted; the next call resumes from {partial}", stacklevel=2)
-            return model.eval(), history, partial
-        save_atomic({"model": {k: v.cpu() for k, v in model.state_dict().items()}, "key": [str(k) for k in key],
-                     "train_config": asdict(train_config), "history": history.to_dict()}, path)
-        partial.unlink(missing_ok=True)
-        return model.eval(), history, path
+    settings = [asdict(k) if hasattr(k, "__dataclass_fields__") else k for k in key]
+    return train_or_load_model(name, build, settings, train_config, make_loader, None, loss_fn=loss_fn,
+                               val_fn=val_fn, cache=cache, force=force)
 
 
 # ------------------------------------------------------------------------------ configs

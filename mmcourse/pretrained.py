@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
+import torch.nn as nn
 
 from . import zero_shot_metadata as meta
 from .models import CLIP, CLIPConfig
@@ -135,21 +136,73 @@ def _train_key(config: TrainConfig) -> dict[str, Any]:
     return {k: v for k, v in asdict(config).items() if k not in ("device", "progress", "log_every")}
 
 
+def train_or_load_model(name: str, build_model: Callable[[], nn.Module], settings: Any, train_config: TrainConfig,
+                        make_loader: Callable[[], Any], data_key: Any, *, loss_fn: Callable | None = None,
+                        val_fn: Callable | None = None, cache: str | os.PathLike | None = None, force: bool = False,
+                        callbacks: Sequence = (), device: str | torch.device | None = None,
+                        ) -> tuple[nn.Module, History, Path]:
+    """Train once, then cache — for any model (the one mechanism every lesson's cached models use).
+
+    Load model `name` from the cache if one with exactly these settings was trained before;
+    otherwise build it, train it with `mmcourse.train.fit` (resuming an interrupted earlier
+    attempt from its checkpoint) and cache its `state_dict()`. The file is named by a hash of
+    everything that determines the trained weights: `name`, `settings`, the training config
+    (minus device/progress/log_every) and `data_key`. Two notebooks (or test workers) asking for
+    the same model at once: the second waits for the first, then loads its result.
+
+    Args:
+        name: a file-name-safe model name, e.g. "digits_clip".
+        build_model: `build_model() -> nn.Module`, called after seeding torch with
+            `train_config.seed`, so the initial weights depend on the seed only.
+        settings: what defines the architecture (a dataclass or JSON-able value).
+        train_config: how to train.
+        make_loader: `make_loader() -> DataLoader` of training batches (called only to train).
+        data_key: JSON-able description of the data.
+        loss_fn, val_fn, callbacks: passed to `fit`.
+        cache: the cache folder (default `MMCOURSE_CACHE` or `~/.cache/mmcourse`).
+        force: retrain even if cached.
+        device: where to put a loaded model (default `train_config.device`, else `get_device()`).
+
+    Returns:
+        (model in eval mode, its training `History`, the cache file).
+    """
+    key = config_hash(name, settings, _train_key(train_config), data_key)
+    path = cache_dir(cache) / f"{name}_{key}.pt"
+    with _exclusive(path.with_name(path.name + ".lock")):
+        partial = path.with_name(path.stem + ".partial.pt")
+        torch.manual_seed(train_config.seed)  # the initial weights depend on the seed only
+        model = build_model()
+        if path.exists() and not force:
+            from .utils import get_device
+
+            saved = load_checkpoint(path)
+            model.load_state_dict(saved["model"])
+            model.to(torch.device(device or train_config.device or get_device()))
+            return model.eval(), History.from_dict(saved["history"]), path
+        if force:
+            partial.unlink(missing_ok=True)
+        history = fit(model, make_loader(), train_config, loss_fn=loss_fn, val_fn=val_fn, callbacks=callbacks,
+                      checkpoint_path=partial, resume=True)
+        if history.stopped == "interrupted":
+            warnings.warn(f"training was interrupted; the next call resumes from {partial}", stacklevel=2)
+            return model.eval(), history, partial
+        saved_settings = asdict(settings) if hasattr(settings, "__dataclass_fields__") else settings
+        save_atomic({"model": {k: v.cpu() for k, v in model.state_dict().items()}, "settings": saved_settings,
+                     "train_config": asdict(train_config), "data": data_key, "history": history.to_dict()}, path)
+        partial.unlink(missing_ok=True)
+        return model.eval(), history, path
+
+
 def train_or_load(name: str, config: CLIPConfig, train_config: TrainConfig, make_loader: Callable[[], Any],
                   data_key: dict[str, Any], val_fn: Callable | None = None, cache: str | os.PathLike | None = None,
                   force: bool = False, callbacks: Sequence = ()) -> tuple[CLIP, History, Path]:
-    """Load `name` from the cache if a model with exactly these settings was trained before;
-    otherwise train it with `fit` (resuming an interrupted earlier attempt) and cache it.
+    """`train_or_load_model` for the course's `CLIP` built from `config`.
 
     Returns:
         (model in eval mode, its training history, the cache file).
     """
-    key = config_hash(name, config, _train_key(train_config), data_key)
-    path = cache_dir(cache) / f"{name}_{key}.pt"
-    # Two notebooks (or test workers) asking for the same model at once: the second waits for
-    # the first to finish training, then loads its result instead of training again.
-    with _exclusive(path.with_name(path.name + ".lock")):
-        return _train_or_load_locked(path, config, train_config, make_loader, data_key, val_fn, force, callbacks)
+    return train_or_load_model(name, lambda: CLIP(config), config, train_config, make_loader, data_key,
+                               val_fn=val_fn, cache=cache, force=force, callbacks=callbacks)
 
 
 @contextlib.contextmanager
@@ -167,32 +220,6 @@ def _exclusive(lock_path: Path):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _train_or_load_locked(path: Path, config: CLIPConfig, train_config: TrainConfig, make_loader: Callable[[], Any],
-                          data_key: dict[str, Any], val_fn: Callable | None, force: bool, callbacks: Sequence) -> tuple[CLIP, History, Path]:
-    partial = path.with_name(path.stem + ".partial.pt")
-    if path.exists() and not force:
-        from .utils import get_device
-
-        saved = load_checkpoint(path)
-        model = CLIP(config)
-        model.load_state_dict(saved["model"])
-        model.to(torch.device(train_config.device) if train_config.device else get_device())
-        return model.eval(), History.from_dict(saved["history"]), path
-    if force:
-        partial.unlink(missing_ok=True)
-    torch.manual_seed(train_config.seed)  # the initial weights depend on the seed only
-    model = CLIP(config)
-    history = fit(model, make_loader(), train_config, val_fn=val_fn, callbacks=callbacks,
-                  checkpoint_path=partial, resume=True)
-    if history.stopped == "interrupted":
-        warnings.warn(f"training was interrupted; the next call resumes from {partial}", stacklevel=3)
-        return model.eval(), history, partial
-    save_atomic({"model": {k: v.cpu() for k, v in model.state_dict().items()}, "config": asdict(config),
-                 "train_config": asdict(train_config), "data": data_key, "history": history.to_dict()}, path)
-    partial.unlink(missing_ok=True)
-    return model.eval(), history, path
 
 
 # ------------------------------------------------------------------------------ the models

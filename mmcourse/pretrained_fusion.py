@@ -26,7 +26,8 @@ import torch.nn as nn
 
 from .fusion import FusionConfig, FusionModel, classification_loss_fn
 from .models import CLIPConfig
-from .pretrained import _exclusive, cache_dir, config_hash, load_shapes_clip
+from . import pretrained
+from .pretrained import load_shapes_clip
 from .train import History, TrainConfig, fit, load_checkpoint, save_atomic
 
 VQA_HOLDOUT = ("red circle", "blue square", "green triangle")  # as lesson 06's DEFAULT_SHAPES_HOLDOUT
@@ -60,40 +61,14 @@ def fusion_tokenizer():
 def train_or_load_model(name: str, build: Callable[[], nn.Module], model_key: Any, train_config: TrainConfig,
                         make_loader: Callable[[], Any], data_key: dict[str, Any], loss_fn: Callable,
                         cache: str | os.PathLike | None = None, force: bool = False) -> tuple[nn.Module, History]:
-    """`mmcourse.pretrained.train_or_load` for any module: load `name` from the cache if a model
-    with exactly these settings (`model_key`, the training config, `data_key`) was trained before;
-    otherwise `torch.manual_seed(train_config.seed)`, `build()`, train with `fit(loss_fn=...)`,
-    and cache it.
+    """`mmcourse.pretrained.train_or_load_model` for lesson 08's modules (same cache, key and lock).
 
     Returns:
         (model in eval mode, its training history).
     """
-    settings = {k: v for k, v in asdict(train_config).items() if k not in ("device", "progress", "log_every")}
-    key = config_hash(name, model_key, settings, data_key)  # includes pretrained.CACHE_VERSION
-    path = cache_dir(cache) / f"{name}_{key}.pt"
-    with _exclusive(path.with_name(path.name + ".lock")):
-        if path.exists() and not force:
-            from .utils import get_device
-
-            saved = load_checkpoint(path)
-            torch.manual_seed(train_config.seed)
-            model = build()
-            model.load_state_dict(saved["model"])
-            model.to(torch.device(train_config.device) if train_config.device else get_device())
-            return model.eval(), History.from_dict(saved["history"])
-        partial = path.with_name(path.stem + ".partial.pt")
-        if force:
-            partial.unlink(missing_ok=True)
-        torch.manual_seed(train_config.seed)  # the initial weights depend on the seed only
-        model = build()
-        history = fit(model, make_loader(), train_config, loss_fn=loss_fn, checkpoint_path=partial, resume=True)
-        if history.stopped == "interrupted":
-            warnings.warn(f"training was interrupted; the next call resumes from {partial}", stacklevel=2)
-            return model.eval(), history
-        save_atomic({"model": {k: v.cpu() for k, v in model.state_dict().items()}, "model_key": model_key,
-                     "train_config": asdict(train_config), "data": data_key, "history": history.to_dict()}, path)
-        partial.unlink(missing_ok=True)
-        return model.eval(), history
+    model, history, _ = pretrained.train_or_load_model(name, build, model_key, train_config, make_loader, data_key,
+                                                       loss_fn=loss_fn, cache=cache, force=force)
+    return model, history
 
 
 def _loader(dataset, tokenizer, batch_size: int, seed: int):

@@ -297,7 +297,7 @@ def load_digits_locked_clip(config: CLIPConfig | None = None, train_config: Trai
         ModuleNotFoundError: the `pretrained` extra is not installed.
     """
     from .data import CaptionedDigits, digits_dataloaders
-    from .model_cache import train_or_load_model
+    from .pretrained import train_or_load_model
 
     encoder, tokenizer = shared_minilm()
     config = config or digits_clip_config()
@@ -326,7 +326,7 @@ def load_shapes_locked_clip(config: CLIPConfig | None = None, train_config: Trai
     from torch.utils.data import DataLoader
 
     from .data import Shapes, make_collate
-    from .model_cache import train_or_load_model
+    from .pretrained import train_or_load_model
 
     encoder, tokenizer = shared_minilm()
     config = config or shapes_clip_config()

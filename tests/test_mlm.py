@@ -245,7 +245,9 @@ def test_text_and_image_mlm_train_once_then_load(tmp_path, monkeypatch):
     files = sorted(p.name for p in tmp_path.glob("*.pt"))
     assert len(files) == 2 and files[0].startswith("image_mlm_") and files[1].startswith("text_mlm_")
 
-    monkeypatch.setattr(mp, "fit", lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
+    import mmcourse.pretrained as pretrained  # the one train-once mechanism
+
+    monkeypatch.setattr(pretrained, "fit", lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
     again, _, history2 = mp.load_text_mlm(_tiny_mlm_config(), fast, cache_dir=tmp_path)
     assert history2.loss == history.loss
     for k, v in model.state_dict().items():

@@ -129,7 +129,8 @@ def execute_lesson(path: str | os.PathLike, cache: str | os.PathLike | None = No
 
     path = Path(path)
     env = {**REFERENCE_ENV,
-           "MMCOURSE_CACHE": str(cache or os.environ.get("MMCOURSE_CACHE") or ROOT / "build" / "cache")}
+           # absolute: the kernel runs in the notebook's folder, where a relative path means something else
+           "MMCOURSE_CACHE": str(Path(cache or os.environ.get("MMCOURSE_CACHE") or ROOT / "build" / "cache").resolve())}
     start, cpu_start = time.perf_counter(), _children_cpu_seconds()
     report = execute_notebook(path, timeout=timeout, env=env, name=str(path))
     cpu = None if cpu_start is None else _children_cpu_seconds() - cpu_start  # the kernel has exited

@@ -58,3 +58,27 @@ def test_lessons_are_found_by_glob_in_course_order():
     assert found and found == sorted(found) and all(p.parent == ROOT / "notebooks" for p in found)
     assert all(p.name[:2].isdigit() and p.name[2] == "_" for p in found)
     assert MAX_LESSON_BYTES == 1_000_000
+
+
+def test_execute_lesson_gives_the_kernel_an_absolute_cache(tmp_path, monkeypatch):
+    # the kernel runs in the notebook's folder: a relative cache path would point somewhere else
+    import nbformat as nbf
+
+    from mmcourse import course
+
+    seen = {}
+
+    def fake_execute(path, timeout, env, name):
+        seen.update(env)
+        nb = nbf.v4.new_notebook()
+
+        class Report:
+            notebook, seconds, cell_seconds = nb, 0.0, []
+        return Report()
+
+    monkeypatch.setattr("mmcourse.notebooks.execute_notebook", fake_execute)
+    monkeypatch.chdir(tmp_path)
+    lesson = tmp_path / "99_x.ipynb"
+    nbf.write(nbf.v4.new_notebook(), str(lesson))
+    course.execute_lesson(lesson, cache="build/cache")
+    assert seen["MMCOURSE_CACHE"] == str(tmp_path / "build" / "cache")

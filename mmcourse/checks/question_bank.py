@@ -105,6 +105,21 @@ QUESTIONS: dict[str, dict] = {
                         "without renormalising, classes with consistent templates would get larger scores — the "
                         "scores would no longer be cosine similarities on one scale.",
     },
+    "04.5": {
+        "prompt": "The smallest value of the soft-target CLIP loss on a batch with labels [0, 0, 0, 1, 2, 2].",
+        "number": (3 * math.log(3) + 2 * math.log(2)) / 6,
+        "tolerance": 0.005,
+        "wrong_numbers": {
+            0.0: "a cross-entropy reaches 0 only against a one-hot target; its minimum is the entropy of the target",
+            math.log(6): "ln 6 is the loss at chance, when every caption gets the same probability",
+            (math.log(3) + math.log(2)) / 3: "you averaged ln n_c over the classes; the loss averages over the pairs",
+        },
+        "model_answer": "The minimum of a cross-entropy H(target, p) over p is the entropy of the target, reached at "
+                        "p = target. Row i's target is uniform over the n_{y_i} same-class captions, with entropy "
+                        "ln n_{y_i}; averaged over the pairs and both directions that is exactly exercise 3's floor: "
+                        "(3 ln 3 + ln 1 + 2 ln 2) / 6 ≈ 0.780 nats. The soft targets do not remove the floor; they "
+                        "stop the loss from pushing same-class captions apart on the way to it.",
+    },
     "06.1": {
         "prompt": "At inference you double `logit_scale` (halve the temperature). What changes?",
         "options": {

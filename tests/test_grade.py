@@ -399,18 +399,27 @@ def graded_01(tmp_path_factory):
     return {"code": code, "rows": rows, "log": log.getvalue(), "feedback": out / "feedback"}
 
 
+def _graded_cells(assignment: str) -> int:
+    """How many graded cells the assignment's solution has (each is one row per student)."""
+    path = next((ROOT / "solutions").glob(f"{assignment}_*.ipynb"))
+    nb = nbformat.read(str(path), as_version=4)
+    return sum(bool(c.metadata.get("nbgrader", {}).get("grade")) for c in nb.cells)
+
+
 @pytest.mark.slow
 def test_issue_cheats_on_assignment_01_get_no_points(graded_01):
     assert graded_01["code"] == 0
     points = {}
     for r in graded_01["rows"]:
         points[r["student"]] = points.get(r["student"], 0) + int(r["points"] or 0)
+    graded = _graded_cells("01")
     assert points["noop"] == 0 and points["skip"] == 0
-    assert points["libref"] == 3  # the three exercises solved by hand pass, the library call does not
+    assert points["libref"] == graded - 1  # every exercise solved by hand passes, the library call does not
     noop = [r for r in graded_01["rows"] if r["student"] == "noop"]
-    assert [r["status"] for r in noop] == ["not attempted"] * 4
+    assert len(noop) == graded and all(r["passed"] == "no" for r in noop)
+    assert [r["status"] for r in noop if r["exercise"].startswith("Exercise 1 ")] == ["not attempted"]
     skip = [r for r in graded_01["rows"] if r["student"] == "skip"]
-    assert [r["status"] for r in skip] == ["not attempted"] * 4
+    assert len(skip) == graded and all(r["passed"] == "no" for r in skip)
     lib = next(r for r in graded_01["rows"] if r["student"] == "libref" and r["exercise"] == "Exercise 3 · Make it stable")
     assert lib["passed"] == "no"
     assert lib["message"].startswith("info_nce (stable): you called mmcourse's info_nce; this exercise asks you to write it")

@@ -83,7 +83,7 @@ def _torch_pair_fix(torch_version: str | None) -> str:
     index = f" --index-url {CPU_INDEX}" if torch_version and "+cpu" in torch_version else ""
     pin = f"torch=={torch_version.split('+')[0]}" if torch_version else "torch"
     return (f"`make setup` reinstalls a matching pair; by hand: "
-            f"`.venv/bin/pip install --force-reinstall \"{pin}\" torchvision{index}`")
+            f"`.venv/bin/pip uninstall -y torchvision && .venv/bin/pip install \"{pin}\" torchvision{index}`")
 
 
 def diagnose(requirements=REQUIREMENTS, python=None) -> list[Problem]:
@@ -166,22 +166,27 @@ def check_environment(quiet: bool = False) -> bool:
 
 
 def repair(problems: list[Problem]) -> bool:
-    """Reinstall torch and torchvision as a matching pair when they are the problem (the one repair
-    `pip install -e .` does not do: both are installed and satisfy the version bounds, yet do not
-    work together). Keeps the installed torch version and its build (CPU wheels when it is a `+cpu`
-    build). Returns True if a repair was attempted and succeeded."""
-    if not any(p.what.startswith(("torch ", "torchvision ")) for p in problems):
+    """Reinstall torchvision (and torch, when torch itself does not import) so that the two match:
+    the one repair `pip install -e .` does not do, since both are installed and satisfy the course's
+    version bounds. The installed torch version and build are kept (PyTorch's CPU index for a `+cpu`
+    build); pip picks the torchvision whose requirement that torch meets. Nothing else is
+    reinstalled. Returns True if the reinstall succeeded."""
+    broken = [p for p in problems if p.what.startswith(("torch ", "torchvision "))]
+    if not broken:
         return False
     try:
         torch_version = metadata.version("torch")
     except metadata.PackageNotFoundError:
         torch_version = None
-    command = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--force-reinstall",
-               f"torch=={torch_version.split('+')[0]}" if torch_version else "torch", "torchvision"]
+    remove = ["torchvision"] + (["torch"] if any(p.what.startswith("torch ") and "does not import" in p.what
+                                                   for p in broken) else [])
+    install = [f"torch=={torch_version.split('+')[0]}" if torch_version else "torch", "torchvision"]
     if torch_version and "+cpu" in torch_version:
-        command += ["--index-url", CPU_INDEX]
-    print("doctor: reinstalling torch and torchvision as a pair: " + " ".join(command[2:]))
-    return subprocess.run(command, check=False).returncode == 0
+        install += ["--index-url", CPU_INDEX]
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+    print(f"doctor: reinstalling {' and '.join(reversed(remove))} as a matching pair (pip install {' '.join(install)})")
+    subprocess.run(pip + ["uninstall", "--yes", "--quiet"] + remove, check=False)
+    return subprocess.run(pip + ["install", "--quiet"] + install, check=False).returncode == 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -50,7 +50,7 @@ def test_broken_torchvision_is_one_line_with_its_fix(tmp_path):
     assert len(lines) == 1, run.stdout  # one problem, one line, no traceback
     assert lines[0].startswith("PROBLEM: torch ") and "and torchvision " in lines[0], lines[0]
     assert "do not work together" in lines[0] and NMS_ERROR in lines[0], lines[0]
-    assert "-> fix: `make setup` reinstalls a matching pair" in lines[0] and "pip install --force-reinstall" in lines[0]
+    assert "-> fix: `make setup` reinstalls a matching pair" in lines[0] and "pip uninstall -y torchvision" in lines[0]
     assert "Traceback" not in run.stdout + run.stderr
 
 

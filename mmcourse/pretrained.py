@@ -30,6 +30,7 @@ import torch.nn as nn
 from . import zero_shot_metadata as meta
 from .models import CLIP, CLIPConfig
 from .train import History, TrainConfig, fit, load_checkpoint, save_atomic
+from .utils import REFERENCE_THREADS, torch_threads
 
 CACHE_VERSION = 1  # bump when the saved format or the training code changes what a config means
 DEFAULT_SHAPES_HOLDOUT = ("red circle", "blue square", "green triangle")
@@ -147,7 +148,9 @@ def train_or_load_model(name: str, build_model: Callable[[], nn.Module], setting
     otherwise build it, train it with `mmcourse.train.fit` (resuming an interrupted earlier
     attempt from its checkpoint) and cache its `state_dict()`. The file is named by a hash of
     everything that determines the trained weights: `name`, `settings`, the training config
-    (minus device/progress/log_every) and `data_key`. Two notebooks (or test workers) asking for
+    (minus device/progress/log_every) and `data_key`. Training runs with one torch thread
+    (`mmcourse.utils.torch_threads`): the thread count changes the order of floating-point sums, so
+    the same model is trained on every machine, whatever the caller's threads. Two notebooks (or test workers) asking for
     the same model at once: the second waits for the first, then loads its result.
 
     Args:
@@ -181,8 +184,9 @@ def train_or_load_model(name: str, build_model: Callable[[], nn.Module], setting
             return model.eval(), History.from_dict(saved["history"]), path
         if force:
             partial.unlink(missing_ok=True)
-        history = fit(model, make_loader(), train_config, loss_fn=loss_fn, val_fn=val_fn, callbacks=callbacks,
-                      checkpoint_path=partial, resume=True)
+        with torch_threads(REFERENCE_THREADS):  # the same weights whatever the caller's thread count
+            history = fit(model, make_loader(), train_config, loss_fn=loss_fn, val_fn=val_fn, callbacks=callbacks,
+                          checkpoint_path=partial, resume=True)
         if history.stopped == "interrupted":
             warnings.warn(f"training was interrupted; the next call resumes from {partial}", stacklevel=2)
             return model.eval(), history, partial

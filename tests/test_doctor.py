@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -94,3 +95,22 @@ def test_old_python_is_named():
                                             ("1.26.4", (1, 26, 4))])
 def test_version_tuple(text, expected):
     assert doctor._version_tuple(text) == expected
+
+
+def test_makefile_stamps_only_after_a_doctor_pass_and_help_lists_the_variables():
+    """Re-running setup repairs: a stamp is written after the doctor passes, and `setup` re-installs when it fails."""
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    for stamp in ("$(VENV)/.runtime:", "$(VENV)/.dev:"):
+        recipe = makefile.split(stamp, 1)[1].split("\n\n", 1)[0]
+        assert recipe.index("$(DOCTOR) --repair") < recipe.index("touch $@"), recipe
+    for target in ("setup:", "setup-dev:"):
+        recipe = makefile.split(f"\n{target}", 1)[1].split("\n\n", 1)[0]
+        assert "$(DOCTOR) ||" in recipe and "rm -f $(VENV)/.runtime $(VENV)/.dev" in recipe, recipe
+    assert "\nlab: setup " in makefile and "\ntest: setup-dev " in makefile and "\ncourse: setup " in makefile
+    assert "DOCTOR   := $(BIN)/python -m mmcourse.doctor" in makefile
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    run = subprocess.run(["make", "-s", "help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    for text in ("doctor\t", "LESSONS=", "CPU_ONLY=1", "PORT=", "JOBS="):
+        assert text in run.stdout, (text, run.stdout)

@@ -30,16 +30,16 @@ test: setup-dev  ## set up, check the environment, then run the whole test suite
 	$(BIN)/python -m pytest -n $(JOBS)
 
 course: setup  ## re-execute lessons in place, printing each one's time (outputs committed; HTML in build/course)
-	$(BIN)/python -m mmcourse.course --html build/course $(LESSONS)
+	$(BIN)/python -m mmcourse.classroom.course --html build/course $(LESSONS)
 
 doctor:  ## check Python, torch/torchvision and every package the course needs; one line per problem with its fix
 	@$(DOCTOR)
 
 exercises: setup  ## regenerate exercises/ from solutions/
-	$(BIN)/python -m mmcourse.exercises
+	$(BIN)/python -m mmcourse.classroom.exercises
 
 check: setup  ## fail if exercises/ is stale
-	$(BIN)/python -m mmcourse.exercises --check
+	$(BIN)/python -m mmcourse.classroom.exercises --check
 
 bench: setup-dev  ## speed and memory figures quoted in the README
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done

@@ -11,7 +11,7 @@ CPU_ONLY ?=
 PORT     ?= 8888
 TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 PIP      := $(BIN)/python -m pip install --quiet --disable-pip-version-check
-DOCTOR   := $(BIN)/python -m mmcourse.doctor
+DOCTOR   := $(BIN)/python -m mmcourse.classroom.doctor
 
 .PHONY: lab test course doctor exercises check bench setup setup-dev clean help
 

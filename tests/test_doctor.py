@@ -1,4 +1,4 @@
-"""`make doctor` (mmcourse.doctor): one line per problem, with its fix; a broken torch/torchvision pair named."""
+"""`make doctor` (mmcourse.classroom.doctor): one line per problem, with its fix; a broken torch/torchvision pair named."""
 from __future__ import annotations
 
 import os
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mmcourse import doctor
+from mmcourse.classroom import doctor
 
 ROOT = Path(__file__).resolve().parent.parent
 NMS_ERROR = "operator torchvision::nms does not exist"
@@ -44,7 +44,7 @@ def test_broken_torchvision_is_one_line_with_its_fix(tmp_path):
     fake.mkdir()
     (fake / "__init__.py").write_text(f"raise RuntimeError({NMS_ERROR!r})\n", encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
-    run = subprocess.run([sys.executable, "-m", "mmcourse.doctor"], env=env, capture_output=True, text=True,
+    run = subprocess.run([sys.executable, "-m", "mmcourse.classroom.doctor"], env=env, capture_output=True, text=True,
                          timeout=300)
     assert run.returncode == 1, run
     lines = run.stdout.splitlines()
@@ -107,7 +107,7 @@ def test_makefile_stamps_only_after_a_doctor_pass_and_help_lists_the_variables()
         recipe = makefile.split(f"\n{target}", 1)[1].split("\n\n", 1)[0]
         assert "$(DOCTOR) ||" in recipe and "rm -f $(VENV)/.runtime $(VENV)/.dev" in recipe, recipe
     assert "\nlab: setup " in makefile and "\ntest: setup-dev " in makefile and "\ncourse: setup " in makefile
-    assert "DOCTOR   := $(BIN)/python -m mmcourse.doctor" in makefile
+    assert "DOCTOR   := $(BIN)/python -m mmcourse.classroom.doctor" in makefile
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
     run = subprocess.run(["make", "-s", "help"], cwd=ROOT, capture_output=True, text=True, timeout=60)

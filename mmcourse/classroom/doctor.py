@@ -1,7 +1,7 @@
 """Is this environment able to run the course? One line per problem, each with its fix.
 
-    python -m mmcourse.doctor            # `make doctor`; exit code 1 when something is wrong
-    python -m mmcourse.doctor --repair   # also reinstall a torch/torchvision pair that does not work together
+    python -m mmcourse.classroom.doctor            # `make doctor`; exit code 1 when something is wrong
+    python -m mmcourse.classroom.doctor --repair   # also reinstall a torch/torchvision pair that does not work together
 
 Checks, in order: the Python version (`requires-python`), every distribution the course needs is
 installed in a version it accepts (`pyproject.toml`'s dependencies, mirrored in `REQUIREMENTS`),
@@ -190,7 +190,7 @@ def repair(problems: list[Problem]) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mmcourse.doctor", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m mmcourse.classroom.doctor", description=__doc__.splitlines()[0])
     parser.add_argument("--quiet", action="store_true", help="print nothing when all is well")
     parser.add_argument("--repair", action="store_true",
                         help="reinstall torch and torchvision as a pair when they do not work together")
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     problems = diagnose()
     if problems and args.repair and repair(problems):
         # a fresh interpreter: this one has the broken modules loaded
-        return subprocess.run([sys.executable, "-m", "mmcourse.doctor"] + (["--quiet"] if args.quiet else []),
+        return subprocess.run([sys.executable, "-m", "mmcourse.classroom.doctor"] + (["--quiet"] if args.quiet else []),
                               check=False).returncode
     for problem in problems:
         print(problem)

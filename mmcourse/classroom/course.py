@@ -192,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="model cache for the run (default: build/course-cache)")
     parser.add_argument("--keep-cache", action="store_true", help="reuse the models already in --cache")
     parser.add_argument("--html", type=Path, default=None, help="also write HTML renderings to this folder")
+    parser.add_argument("--timeout", type=float, default=CELL_TIMEOUT,
+                        help=f"seconds of wall-clock time allowed per cell (default {CELL_TIMEOUT}; raise it on a busy machine)")
     args = parser.parse_args(argv)
     paths = args.paths or lessons()
     if args.check:
@@ -205,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{number}/{len(paths)}] {path}: running...", flush=True)
         before = set(args.cache.glob("*.pt"))
         try:
-            seconds, cpu = execute_lesson(path, cache=args.cache)
+            seconds, cpu = execute_lesson(path, cache=args.cache, timeout=args.timeout)
         except NotebookCellError as err:
             failures += 1
             print(f"FAILED {err}", file=sys.stderr)

@@ -52,7 +52,7 @@ _API = {
     "analysis": ["modality_gap", "occlusion_map", "image_text_similarity", "expected_calibration_error"],
     "captioning": ["CaptionerConfig", "PrefixCaptioner", "caption_loss", "caption_labels", "load_captioner"],
     "decoding": ["greedy_search", "beam_search", "sample", "Generation"],
-    "caption_metrics": ["corpus_bleu", "cider", "clip_score", "ref_clip_score", "coco_tokenize"],
+    "caption_metrics": ["corpus_bleu", "cider", "meteor", "clip_score", "ref_clip_score", "coco_tokenize", "tokenize_captions"],
     "hf": ["HFCLIPAdapter", "hf_clip_config", "build_hf_clip", "save_hf_clip", "load_hf_clip", "load_digits_hf_clip"],
     "pretrained_text": ["PretrainedTextEncoder", "LockedTextCLIP", "mean_pool", "load_minilm", "load_digits_locked_clip",
                         "load_shapes_locked_clip"],

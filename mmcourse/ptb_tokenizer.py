@@ -22,7 +22,8 @@ implementation: scores must stay comparable with published ones).
 pycocoevalcap's pipeline gives. Both are tested token for token against the Java tokenizer on
 a set of COCO-style captions (`tests/fixtures/ptb_captions.json`): contractions, hyphens,
 possessives, decimals, times, quotes, brackets, currency. This is a re-implementation of the
-rules that occur in captions, not of the whole lexer: on text far from captions (e-mail
+rules that occur in captions, not of the whole lexer (whether a lone single quote is read as
+opening ` or closing ' can differ; both are dropped from the COCO tokens): on text far from captions (e-mail
 addresses with unusual characters, emoticons, SGML) the two may differ, and the course then uses
 the Java tokenizer whenever `java` is on the PATH (`mmcourse.caption_metrics`).
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmcourse import caption_metrics
-from mmcourse.caption_metrics import (clip_score, cider, coco_tokenize, corpus_bleu, java_available, meteor,
+from mmcourse.evaluation import caption_metrics
+from mmcourse.evaluation.caption_metrics import (clip_score, cider, coco_tokenize, corpus_bleu, java_available, meteor,
                                       ref_clip_score, tokenize_captions)
-from mmcourse.ptb_tokenizer import PUNCTUATIONS, ptb_tokenize
+from mmcourse.evaluation.ptb_tokenizer import PUNCTUATIONS, ptb_tokenize
 
 needs_java = pytest.mark.skipif(not java_available(), reason="no `java` on the PATH: the Java comparison is skipped "
                                 "(the Python tokenizer is still checked against the committed Java outputs)")
@@ -248,7 +248,7 @@ def test_metric_inputs_are_checked():
 @pytest.fixture(scope="module")
 def judge():
     from mmcourse.models import CLIP, CLIPConfig
-    from mmcourse.tokenizer import default_tokenizer
+    from mmcourse.data.tokenizer import default_tokenizer
 
     tok = default_tokenizer()
     torch.manual_seed(0)

@@ -20,12 +20,14 @@ item is read (from torch's global generator, which `seed_everything` seeds and `
 reseeds in each worker from its own `generator`: workers draw differently, runs repeat), so a
 model sees many phrasings of each image; val and test captions are fixed per item.
 """
-from .digits import CaptionedDigits, digit_augmentation, digits_dataloaders, load_digit_arrays, make_digits_splits
-from .loaders import SPLITS, PerProcessGenerator, make_collate
-from .faces import EXPRESSIONS, MESSAGE_KINDS, MESSAGES, FacesSentiment, faces_corpus, render_faces, sentiment_label
-from .shapes import SHAPES_CLASSNAMES, Shapes, render_objects, shapes_dataloaders
-from .vqa import (ANSWERS, QUESTION_TYPES, ShapesVQA, per_type_accuracy, question_prior_predictions,
-                  vqa_corpus)
+from mmcourse.data.digits import (CaptionedDigits, digit_augmentation, digits_dataloaders, load_digit_arrays,
+                                  make_digits_splits)
+from mmcourse.data.loaders import SPLITS, PerProcessGenerator, make_collate
+from mmcourse.data.faces import (EXPRESSIONS, MESSAGE_KINDS, MESSAGES, FacesSentiment, faces_corpus, render_faces,
+                                 sentiment_label)
+from mmcourse.data.shapes import SHAPES_CLASSNAMES, Shapes, render_objects, shapes_dataloaders
+from mmcourse.data.vqa import (ANSWERS, QUESTION_TYPES, ShapesVQA, per_type_accuracy, question_prior_predictions,
+                               vqa_corpus)
 
 __all__ = ["SPLITS", "SHAPES_CLASSNAMES", "CaptionedDigits", "Shapes", "digit_augmentation", "digits_dataloaders",
            "load_digit_arrays", "make_collate", "PerProcessGenerator", "make_digits_splits", "render_objects", "shapes_dataloaders",

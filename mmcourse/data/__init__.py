@@ -10,6 +10,10 @@ One module per data set, all `torch.utils.data.Dataset`s whose items are dicts
   question alone does not give the answer away; `question_prior_predictions`, `per_type_accuracy`.
 - `faces`: `FacesSentiment`, drawn faces with short messages, labelled kind or mean; the label
   needs both modalities on its confounded part.
+- `audio`: `SpokenDigits`, synthetic spoken digits (source–filter vowels, one formant pair per
+  digit) generated at run time; `synthesize_digits`, `DIGIT_FORMANTS`, `SAMPLE_RATE`.
+- `video`: `DigitClips`, 8-frame clips of a digit moving left or right, appearing or
+  disappearing, in exactly time-reversed pairs; `make_clips`, `MOTIONS`.
 - `loaders`: the split names, `make_collate(tokenizer)` (tokenizes captions into a batch) and
   the shared `DataLoader` construction behind `digits_dataloaders` / `shapes_dataloaders`.
 
@@ -17,10 +21,12 @@ Everything is deterministic given `seed`. Training captions are drawn afresh eac
 item is read (from torch's global generator, which `seed_everything` seeds), so a model sees
 many phrasings of each image; val and test captions are fixed per item.
 """
+from .audio import DIGIT_FORMANTS, SAMPLE_RATE, SpokenDigits, synthesize_digits
 from .digits import CaptionedDigits, digit_augmentation, digits_dataloaders, load_digit_arrays, make_digits_splits
 from .loaders import SPLITS, make_collate
 from .faces import EXPRESSIONS, MESSAGE_KINDS, MESSAGES, FacesSentiment, faces_corpus, render_faces, sentiment_label
 from .shapes import SHAPES_CLASSNAMES, Shapes, render_objects, shapes_dataloaders
+from .video import MOTIONS, DigitClips, make_clips
 from .vqa import (ANSWERS, QUESTION_TYPES, ShapesVQA, per_type_accuracy, question_prior_predictions,
                   vqa_corpus)
 
@@ -28,4 +34,5 @@ __all__ = ["SPLITS", "SHAPES_CLASSNAMES", "CaptionedDigits", "Shapes", "digit_au
            "load_digit_arrays", "make_collate", "make_digits_splits", "render_objects", "shapes_dataloaders",
            "ANSWERS", "QUESTION_TYPES", "ShapesVQA", "per_type_accuracy", "question_prior_predictions", "vqa_corpus",
            "EXPRESSIONS", "MESSAGE_KINDS", "MESSAGES", "FacesSentiment", "faces_corpus", "render_faces",
-           "sentiment_label"]
+           "sentiment_label", "DIGIT_FORMANTS", "SAMPLE_RATE", "SpokenDigits", "synthesize_digits", "MOTIONS",
+           "DigitClips", "make_clips"]

@@ -32,19 +32,20 @@ def audio_train_config(**changes) -> TrainConfig:
                                progress=False), **changes)
 
 
-def paired_targets(target: str, labels: torch.Tensor, seed: int = 0) -> torch.Tensor:
+def paired_targets(target: str, labels: torch.Tensor, seed: int = 0,
+                   cache_dir: str | os.PathLike | None = None) -> torch.Tensor:
     """The frozen partner embedding of each clip: (N,) digit labels -> (N, D) unit vectors.
 
     "image": a random training image of the clip's digit through the digits CLIP's image tower;
     "text": a random training caption of the digit (template and word/numeral form) through its
-    text tower. Deterministic given `seed`.
+    text tower. Deterministic given `seed`. The digits CLIP comes from `cache_dir` (trained there if absent).
     """
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
     from .data import CaptionedDigits
     from .evaluate import encode_texts
 
-    clip, tokenizer, _ = load_digits_clip()
+    clip, tokenizer, _ = load_digits_clip(cache_dir=cache_dir)
     g = torch.Generator().manual_seed(seed + 31)
     if target == "image":
         digits = CaptionedDigits("train")
@@ -86,7 +87,7 @@ def load_audio_encoder(target: str = "image", n_train: int = 2000, seed: int = 0
         from .data import SpokenDigits
 
         clips = SpokenDigits("train", n=n_train, seed=seed)
-        targets = paired_targets(target, clips.labels, seed)
+        targets = paired_targets(target, clips.labels, seed, cache_dir)
         return DataLoader(TensorDataset(clips.waveforms, targets), batch_size=128, shuffle=True,
                           generator=torch.Generator().manual_seed(seed))
 

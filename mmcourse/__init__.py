@@ -20,6 +20,7 @@ uses. Each name lives in one module:
 - `hf`, `pretrained_text`: the CLIP as a transformers `CLIPModel`; a locked pre-trained text tower
 - `checks`, `exercises`, `grade`, `notebooks`: the classroom tooling
 - `masking`, `mlm`, `mlm_pretrained`: masked language modelling (lesson 07)
+- `audio`, `video`, `pretrained_audio`: log-mel audio encoder, temporal pooling, lesson 13's cached audio encoders
 """
 from __future__ import annotations
 
@@ -62,6 +63,11 @@ _API["losses"] = _API["losses"] + ["mlm_loss", "masked_token_accuracy"]
 _API["masking"] = ["mask_tokens", "mask_selected", "MaskingCollator"]
 _API["mlm"] = ["MLMConfig", "MaskedLanguageModel", "mlm_loss_fn"]
 _API["mlm_pretrained"] = ["load_text_mlm", "load_image_mlm", "load_few_pair_clip"]
+# lesson 13: audio and video
+_API["audio"] = ["LogMelSpectrogram", "AudioEncoder", "AudioEncoderConfig", "mel_filterbank", "bind_loss", "encode_audio"]
+_API["video"] = ["mean_pool_frames", "TemporalTransformer", "ClipClassifier"]
+_API["pretrained_audio"] = ["load_audio_encoder"]
+_API["data"] = _API["data"] + ["SpokenDigits", "DigitClips"]
 _WHERE = {name: module for module, names in _API.items() for name in names}
 __all__ = sorted(_WHERE)
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from mmcourse.audio import AudioEncoder, LogMelSpectrogram, bind_loss, encode_audio, mel_filterbank
+from mmcourse.models.audio import AudioEncoder, LogMelSpectrogram, bind_loss, encode_audio, mel_filterbank
 from mmcourse.data import DIGIT_FORMANTS, MOTIONS, SAMPLE_RATE, DigitClips, SpokenDigits, make_clips, synthesize_digits
 from mmcourse.data.audio import NUM_SAMPLES
-from mmcourse.losses import clip_loss
-from mmcourse.video import ClipClassifier, TemporalTransformer, mean_pool_frames
+from mmcourse.objectives.losses import clip_loss
+from mmcourse.models.video import ClipClassifier, TemporalTransformer, mean_pool_frames
 
 
 # -- spoken digits -----------------------------------------------------------------------------------
@@ -181,7 +181,7 @@ def test_mean_pooling_is_order_blind_and_the_temporal_model_is_not():
 # -- the cached encoders -------------------------------------------------------------------------------
 
 def test_audio_encoder_recipe_trains_once_then_loads(tmp_path):
-    from mmcourse.pretrained_audio import audio_train_config, load_audio_encoder
+    from mmcourse.recipes.audio import audio_train_config, load_audio_encoder
     cfg = audio_train_config(epochs=1)
     enc, history = load_audio_encoder("image", n_train=256, train_config=cfg, cache_dir=tmp_path)
     again, _ = load_audio_encoder("image", n_train=256, train_config=cfg, cache_dir=tmp_path)

@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from conftest import fails_with
-from mmcourse.checks.audio_video import (check_audio_to_text_recall, check_binding_answer, check_chance_recall,
-                                         check_difference_pool, check_log_mel, check_mean_pool_answer,
-                                         check_mel_filterbank, reference_audio_to_text_recall,
-                                         reference_difference_pool, reference_log_mel, reference_mel_filterbank)
+from mmcourse.classroom.checks.audio_video import (
+    check_audio_to_text_recall, check_binding_answer, check_chance_recall, check_difference_pool, check_log_mel,
+    check_mean_pool_answer, check_mel_filterbank, reference_audio_to_text_recall, reference_difference_pool,
+    reference_log_mel, reference_mel_filterbank)
 
 
 # -- exercise 1: the mel filterbank ---------------------------------------------------------------------
@@ -70,7 +70,7 @@ def test_log_mel_right_answers_pass():
 
 
 def test_reference_log_mel_equals_the_library_front_end():
-    from mmcourse.audio import LogMelSpectrogram
+    from mmcourse.models.audio import LogMelSpectrogram
     x = torch.randn(2, 4000)
     torch.testing.assert_close(reference_log_mel(x, reference_mel_filterbank(129, 32, 0.0, 4000.0, 8000), 256, 128),
                                LogMelSpectrogram()(x))
@@ -112,7 +112,7 @@ def naive_recall(audio_emb, text_emb, audio_labels, text_labels, k=1):  # a plai
 
 
 def test_recall_right_answers_pass_and_the_reference_equals_a_loop():
-    from mmcourse.checks.audio_video import recall_cases
+    from mmcourse.classroom.checks.audio_video import recall_cases
     assert check_audio_to_text_recall(good_recall).passed
     assert check_audio_to_text_recall(naive_recall).passed
     for case in recall_cases():

@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from .loaders import _SPLIT_ID, _check_split
+from mmcourse.data.loaders import _SPLIT_ID, _check_split
 
 SAMPLE_RATE = 8000  # Hz: telephone quality, enough for F1 and F2 (below 2.4 kHz)
 CLIP_SECONDS = 0.5
@@ -95,7 +95,7 @@ class SpokenDigits:
     sample_rate = SAMPLE_RATE
 
     def __init__(self, split: str = "train", n: int = 2000, seed: int = 0):
-        from .. import zero_shot_metadata as meta
+        from mmcourse.data import zero_shot_metadata as meta
 
         self.split = _check_split(split)
         if not isinstance(n, int) or n < 1:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .. import zero_shot_metadata as meta
-from .loaders import _SPLIT_ID, _check_split
+from mmcourse.data import zero_shot_metadata as meta
+from mmcourse.data.loaders import _SPLIT_ID, _check_split
 
 MOTIONS = ("moving left", "moving right", "appearing", "disappearing")
 NUM_FRAMES = 8
@@ -87,7 +87,7 @@ class DigitClips:
     """
 
     def __init__(self, split: str = "train", n: int = 1000, seed: int = 0, frames: int = NUM_FRAMES):
-        from .digits import CaptionedDigits
+        from mmcourse.data.digits import CaptionedDigits
 
         self.split = _check_split(split)
         if not isinstance(n, int) or n < 1:

@@ -129,7 +129,7 @@ def encode_audio(encoder: nn.Module, waveforms: torch.Tensor, batch_size: int = 
 
 def bind_loss(audio_emb: torch.Tensor, target_emb: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
     """ImageBind's objective: the CLIP loss between audio embeddings and the FROZEN embeddings of
-    the paired modality, at a fixed temperature (ImageBind fixes it; nothing flows into the target).
+    the paired modality (nothing flows into the target), here at a fixed temperature.
 
     Args:
         audio_emb: (B, D) raw audio embeddings (normalised here).

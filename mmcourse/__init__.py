@@ -74,6 +74,12 @@ _API = {
     "models.mlm": ["MLMConfig", "MaskedLanguageModel", "mlm_loss_fn"],
     "recipes.mlm": ["load_text_mlm", "load_image_mlm", "load_few_pair_clip"],
 }
+# lesson 13: audio and video
+_API["data"] = _API["data"] + ["SpokenDigits", "DigitClips"]
+_API["models.audio"] = ["LogMelSpectrogram", "AudioEncoder", "AudioEncoderConfig", "mel_filterbank", "bind_loss",
+                        "encode_audio"]
+_API["models.video"] = ["mean_pool_frames", "TemporalTransformer", "ClipClassifier"]
+_API["recipes.audio"] = ["load_audio_encoder"]
 _WHERE = {name: module for module, names in _API.items() for name in names}
 __all__ = sorted(_WHERE)
 

@@ -10,6 +10,10 @@ One module per data set, all `torch.utils.data.Dataset`s whose items are dicts
   question alone does not give the answer away; `question_prior_predictions`, `per_type_accuracy`.
 - `faces`: `FacesSentiment`, drawn faces with short messages, labelled kind or mean; the label
   needs both modalities on its confounded part.
+- `audio`: `SpokenDigits`, synthetic spoken digits (source–filter vowels, one formant pair per
+  digit) generated at run time; `synthesize_digits`, `DIGIT_FORMANTS`, `SAMPLE_RATE`.
+- `video`: `DigitClips`, 8-frame clips of a digit moving left or right, appearing or
+  disappearing, in exactly time-reversed pairs; `make_clips`, `MOTIONS`.
 - `loaders`: the split names, `make_collate(tokenizer)` (tokenizes captions into a batch),
   the shared `DataLoader` construction behind `digits_dataloaders` / `shapes_dataloaders`, and
   `PerProcessGenerator`, the generator of seeded random transforms (its own stream in every
@@ -20,12 +24,14 @@ item is read (from torch's global generator, which `seed_everything` seeds and `
 reseeds in each worker from its own `generator`: workers draw differently, runs repeat), so a
 model sees many phrasings of each image; val and test captions are fixed per item.
 """
+from mmcourse.data.audio import DIGIT_FORMANTS, SAMPLE_RATE, SpokenDigits, synthesize_digits
 from mmcourse.data.digits import (CaptionedDigits, digit_augmentation, digits_dataloaders, load_digit_arrays,
                                   make_digits_splits)
 from mmcourse.data.loaders import SPLITS, PerProcessGenerator, make_collate
 from mmcourse.data.faces import (EXPRESSIONS, MESSAGE_KINDS, MESSAGES, FacesSentiment, faces_corpus, render_faces,
                                  sentiment_label)
 from mmcourse.data.shapes import SHAPES_CLASSNAMES, Shapes, render_objects, shapes_dataloaders
+from mmcourse.data.video import MOTIONS, DigitClips, make_clips
 from mmcourse.data.vqa import (ANSWERS, QUESTION_TYPES, ShapesVQA, per_type_accuracy, question_prior_predictions,
                                vqa_corpus)
 
@@ -33,4 +39,5 @@ __all__ = ["SPLITS", "SHAPES_CLASSNAMES", "CaptionedDigits", "Shapes", "digit_au
            "load_digit_arrays", "make_collate", "PerProcessGenerator", "make_digits_splits", "render_objects", "shapes_dataloaders",
            "ANSWERS", "QUESTION_TYPES", "ShapesVQA", "per_type_accuracy", "question_prior_predictions", "vqa_corpus",
            "EXPRESSIONS", "MESSAGE_KINDS", "MESSAGES", "FacesSentiment", "faces_corpus", "render_faces",
-           "sentiment_label"]
+           "sentiment_label", "DIGIT_FORMANTS", "SAMPLE_RATE", "SpokenDigits", "synthesize_digits", "MOTIONS",
+           "DigitClips", "make_clips"]

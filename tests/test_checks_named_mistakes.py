@@ -24,7 +24,8 @@ import mmcourse.checks as checks_package
 from mmcourse.checks import core
 
 MODULES = sorted(m.name for m in pkgutil.iter_modules(checks_package.__path__) if m.name not in ("core",)
-                 and not m.name.startswith("_") and m.name not in ("question_bank", "questions"))
+                 and not m.name.startswith("_") and m.name not in checks_package.FRAMEWORK_MODULES
+                 and m.name not in ("question_bank", "questions"))
 
 
 def _recorded() -> list[tuple[str, str, dict]]:

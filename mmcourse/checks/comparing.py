@@ -99,6 +99,8 @@ def _compare_tensor(expected: Any, actual: Any, rtol: float, atol: float) -> str
     if not expected.is_floating_point() and not expected.is_complex() and actual.is_floating_point():
         kind = "a boolean" if expected.dtype == torch.bool else "an integer"
         return f"wrong dtype: expected {kind} tensor ({expected.dtype}), got {actual.dtype}"
+    if expected.dtype == torch.bool and actual.dtype != torch.bool:  # a 0/1 mask of another dtype means other things
+        return f"wrong dtype: expected a boolean tensor (torch.bool), got {actual.dtype}"
     a, e = actual.detach().cpu(), expected.detach().cpu()
     a = a.to(torch.complex128) if a.is_complex() else a.to(torch.float64)
     e = e.to(torch.complex128) if e.is_complex() else e.to(torch.float64)

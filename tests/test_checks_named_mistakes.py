@@ -20,8 +20,8 @@ from collections import Counter
 import pytest
 import torch
 
-import mmcourse.checks as checks_package
-from mmcourse.checks import core
+import mmcourse.classroom.checks as checks_package
+from mmcourse.classroom.checks import core
 
 MODULES = sorted(m.name for m in pkgutil.iter_modules(checks_package.__path__) if m.name not in ("core",)
                  and not m.name.startswith("_") and m.name not in checks_package.FRAMEWORK_MODULES
@@ -32,7 +32,7 @@ def _recorded() -> list[tuple[str, str, dict]]:
     """[(check function, kind, its recorded call)] for every check of every module."""
     found = []
     for module_name in MODULES:
-        module = importlib.import_module(f"mmcourse.checks.{module_name}")
+        module = importlib.import_module(f"mmcourse.classroom.checks.{module_name}")
         for name in sorted(dir(module)):
             fn = getattr(module, name)
             if not (name.startswith("check_") and callable(fn) and getattr(fn, "__module__", "") == module.__name__):
@@ -132,7 +132,7 @@ def test_every_named_wrong_value_is_failed_and_named(call, wrong, message):
 # -- the two answers issue 23 found passing ------------------------------------------------------
 
 def test_mlm_loss_with_a_fresh_zero_fails_and_is_named():
-    from mmcourse.checks import check_mlm_loss
+    from mmcourse.classroom.checks import check_mlm_loss
 
     def fresh_zero(logits, labels):
         if (labels != -100).sum() == 0:
@@ -144,7 +144,7 @@ def test_mlm_loss_with_a_fresh_zero_fails_and_is_named():
 
 
 def test_question_prior_with_most_common_fails_and_is_named():
-    from mmcourse.checks import check_question_prior
+    from mmcourse.classroom.checks import check_question_prior
 
     def prior(train_q, train_a, test_q):
         by_q = {}
@@ -158,7 +158,7 @@ def test_question_prior_with_most_common_fails_and_is_named():
 
 
 def test_info_nce_mistakes_of_the_issue_are_named_rightly():
-    from mmcourse.checks import check_info_nce_naive
+    from mmcourse.classroom.checks import check_info_nce_naive
 
     def sign_flipped(z, z_pos, temperature=0.07):
         z, z_pos = torch.nn.functional.normalize(z, dim=-1), torch.nn.functional.normalize(z_pos, dim=-1)

@@ -18,8 +18,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmcourse import checks
-from mmcourse.checks import captioning, core, mlm
+from mmcourse.classroom import checks
+from mmcourse.classroom.checks import captioning, core, mlm
 from test_checks_named_mistakes import RECORDED
 
 ALL = ""  # a fragment every case label contains: the clause is exercised by every case
@@ -45,7 +45,7 @@ def _beam_normalised_scores(scores, lengths, finished, log_probs, beam_width, pa
 
 
 def _prior_float(q, a, t):
-    from mmcourse.checks.fusion import reference_question_prior
+    from mmcourse.classroom.checks.fusion import reference_question_prior
 
     return reference_question_prior(q, a, t).float()
 

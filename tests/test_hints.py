@@ -19,10 +19,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-import mmcourse.checks
+import mmcourse.classroom.checks
 from conftest import ROOT
 
-CHECKS = sorted(Path(mmcourse.checks.__file__).parent.glob("*.py"))
+CHECKS = sorted(Path(mmcourse.classroom.checks.__file__).parent.glob("*.py"))
 SOLUTIONS = sorted((ROOT / "solutions").glob("[0-9][0-9]_*.ipynb"))
 EXERCISES = sorted((ROOT / "exercises").glob("[0-9][0-9]_*.ipynb"))
 
@@ -265,7 +265,7 @@ def _imports_hint(nb) -> bool:
 @pytest.mark.parametrize("path", EXERCISES, ids=lambda p: p.name)
 def test_hint_is_defined_wherever_a_check_can_offer_it(path):
     # A failing check with closer tiers ends with "run hint() for a closer hint": the exercise must
-    # define `hint` (imported from mmcourse.checks) before its first check cell.
+    # define `hint` (imported from mmcourse.classroom.checks) before its first check cell.
     nb = nbformat.read(str(path), as_version=4)
     checks = [i for i, c in enumerate(nb.cells) if "check" in c.metadata.get("tags", [])]
     assert checks, f"{path.name} has no check cell"
@@ -274,7 +274,7 @@ def test_hint_is_defined_wherever_a_check_can_offer_it(path):
 
 
 def test_hint_is_what_the_messages_offer():
-    from mmcourse.checks import CheckResult
+    from mmcourse.classroom.checks import CheckResult
 
     text = CheckResult("x", False, "wrong", ("idea", "closer")).text()
     assert "hint()" in text  # if the wording changes, the test above must follow it
@@ -282,8 +282,8 @@ def test_hint_is_what_the_messages_offer():
 
 # -- tiered hints ----------------------------------------------------------------------------------
 
-from mmcourse.checks import CheckFailed, Variant, hint, run_check  # noqa: E402
-from mmcourse.checks import core  # noqa: E402
+from mmcourse.classroom.checks import CheckFailed, Variant, hint, run_check  # noqa: E402
+from mmcourse.classroom.checks import core  # noqa: E402
 
 
 @pytest.fixture()

@@ -75,7 +75,7 @@ def check_hard_negatives(sample: Callable[..., Any], raise_on_fail: bool = True)
     if not isinstance(out, torch.Tensor) or out.shape != (B,):
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         return finish(CheckResult(name, False, f"expected a (B,) = ({B},) tensor of caption indices, one per image, "
-                                  f"got {got}", "torch.multinomial(weights, 1) gives (B, 1): squeeze it"),
+                                  f"got {got}", "one caption index per image: a (B,) tensor, not (B, 1)"),
                       raise_on_fail)
     if out.is_floating_point() or out.dtype == torch.bool:
         return finish(CheckResult(name, False, f"the indices must be integers (torch.long), got {out.dtype}",
@@ -83,7 +83,7 @@ def check_hard_negatives(sample: Callable[..., Any], raise_on_fail: bool = True)
     if ((out < 0) | (out >= B)).any():
         return finish(CheckResult(name, False, f"indices must be caption numbers in [0, {B}), got {out.tolist()}: "
                                   f"did you sample from the flattened (B*B) matrix?",
-                                  "sample each row of the (B, B) weights: torch.multinomial(weights, 1)"),
+                                  "each row of the (B, B) weights is one distribution over captions: draw from each row"),
                       raise_on_fail)
     generator = torch.Generator().manual_seed(1)
     many = call_safely(lambda: torch.stack([sample(sim.clone(), same.clone(), generator) for _ in range(N_DRAWS)]),
@@ -96,7 +96,7 @@ def check_hard_negatives(sample: Callable[..., Any], raise_on_fail: bool = True)
     eye = torch.eye(B, dtype=torch.bool)
     if (draws.unique(dim=0).shape[0] == 1) and not (freq.max(1).values < 1).any():
         return finish(CheckResult(name, False, "every call returns the same negatives: you take the most similar "
-                                  "caption (argmax) instead of drawing one", "ALBEF samples: torch.multinomial(weights, 1)"),
+                                  "caption (argmax) instead of drawing one", "ALBEF samples from the weights; the most similar caption is only the most likely draw"),
                       raise_on_fail)
     if freq[eye].max() > 0:
         return finish(CheckResult(name, False, f"the positive caption was drawn as a negative (row {int(freq[eye].argmax())} "
@@ -114,7 +114,7 @@ def check_hard_negatives(sample: Callable[..., Any], raise_on_fail: bool = True)
         if abs(agree - (expected[0] * expected[1]).sum().item()) > 0.05:
             return finish(CheckResult(name, False, "each row follows the right distribution, but the rows are not "
                                       "drawn independently (two images get the same negative too rarely or too often)",
-                                      "one independent draw per row: torch.multinomial(weights, 1)"), raise_on_fail)
+                                      "one independent draw per row"), raise_on_fail)
         return finish(CheckResult(name, True, f"never the positive nor a duplicate; {N_DRAWS} draws follow the "
                                   f"softmax over the allowed captions (largest gap {(freq - expected).abs().max():.3f})"),
                       raise_on_fail)
@@ -128,13 +128,14 @@ def check_hard_negatives(sample: Callable[..., Any], raise_on_fail: bool = True)
     }
     for message, w in wrong.items():
         if (freq - w).abs().max() < TOLERANCE:
-            return finish(CheckResult(name, False, message, "weights = softmax of sim with forbidden entries at -inf, "
-                                      "dim=1; then one draw per row"), raise_on_fail)
+            return finish(CheckResult(name, False, message, (
+                "each image's weights are a softmax over the captions of its row, the forbidden ones excluded",
+                "then one independent draw per row")), raise_on_fail)
     distinct = (draws.sort(1).values.diff(dim=1) != 0).all(1).double().mean().item()
     if distinct > 0.99:
         return finish(CheckResult(name, False, "no two images ever get the same negative: the draws were made without "
                                   "replacement across rows; each image's draw must be independent of the others'",
-                                  "torch.multinomial(weights, 1): one draw from each row"), raise_on_fail)
+                                  "one draw from each row, with replacement across rows"), raise_on_fail)
     gap = (freq - expected).abs().max().item()
     return finish(CheckResult(name, False, f"the frequencies of your negatives do not follow softmax(sim) over the "
                               f"allowed captions (largest gap {gap:.2f})",

@@ -62,6 +62,10 @@ _API["losses"] = _API["losses"] + ["mlm_loss", "masked_token_accuracy"]
 _API["masking"] = ["mask_tokens", "mask_selected", "MaskingCollator"]
 _API["mlm"] = ["MLMConfig", "MaskedLanguageModel", "mlm_loss_fn"]
 _API["mlm_pretrained"] = ["load_text_mlm", "load_image_mlm", "load_few_pair_clip"]
+# lesson 14: a tiny visual assistant
+_API["assistant"] = ["AssistantConfig", "VisualAssistant", "DecoderLM", "Projector", "assistant_labels",
+                     "assistant_loss", "merge_image_features", "answer_questions"]
+_API["pretrained_assistant"] = ["load_assistant"]
 _WHERE = {name: module for module, names in _API.items() for name in names}
 __all__ = sorted(_WHERE)
 

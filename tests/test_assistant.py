@@ -10,7 +10,7 @@ from mmcourse.data.conversations import (ASSISTANT_TOKEN, END_TOKEN, IMAGE_TOKEN
                                          absent_objects, assistant_tokenizer, chat_collate, chat_template_messages,
                                          chat_text, scene_caption, where_turns, CHAT_TEMPLATE)
 from mmcourse.models import CLIP, CLIPConfig
-from mmcourse.assistant import (AssistantConfig, DecoderLM, Projector, VisualAssistant, answer_questions,
+from mmcourse.models.assistant import (AssistantConfig, DecoderLM, Projector, VisualAssistant, answer_questions,
                                        assistant_labels, assistant_loss, caption_loss, expand_image_tokens,
                                        merge_image_features, set_trainable)
 

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import fails_with
-from mmcourse.checks.assistant import (_labels_cases, _labels_variant, _merge_variant, check_assistant_labels,
+from mmcourse.classroom.checks.assistant import (_labels_cases, _labels_variant, _merge_variant, check_assistant_labels,
                                        check_merge_image_features, check_projector, check_where_accuracy,
                                        check_where_turns, reference_assistant_labels)
 

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .. import zero_shot_metadata as meta
-from .vqa import _CORNERS, _NEIGHBOUR, COUNT_NAMES, QUESTION_TEMPLATES, ShapesVQA, vqa_corpus
+from mmcourse.data import zero_shot_metadata as meta
+from mmcourse.data.vqa import _CORNERS, _NEIGHBOUR, COUNT_NAMES, QUESTION_TEMPLATES, ShapesVQA, vqa_corpus
 
 IMAGE_TOKEN, USER_TOKEN, ASSISTANT_TOKEN, END_TOKEN = "<image>", "<|user|>", "<|assistant|>", "<|end|>"
 CHAT_TOKENS = (IMAGE_TOKEN, USER_TOKEN, ASSISTANT_TOKEN, END_TOKEN)
@@ -165,7 +165,7 @@ def assistant_tokenizer(context_length: int = CONTEXT_LENGTH):
     with the four chat tokens added as special tokens (never split, skipped when decoding)."""
     from tokenizers import AddedToken, Tokenizer
 
-    from ..tokenizer import _wrap, build_tokenizer, caption_corpus
+    from mmcourse.data.tokenizer import _wrap, build_tokenizer, caption_corpus
 
     base = build_tokenizer(caption_corpus() + conversation_corpus(), context_length=context_length)
     backend = Tokenizer.from_str(base.hf.backend_tokenizer.to_str())

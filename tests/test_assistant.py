@@ -196,3 +196,32 @@ def test_tokenizer_keeps_chat_tokens_whole(tok):
     assert tok.decode(ids) == "how many shapes are there ? two"
     with pytest.raises(ValueError, match="longer"):
         chat_collate(tok, "text")([{"text": " ".join(["circle"] * 60)}])
+
+
+def test_answers_equal_greedy_decoding_by_hand(model, tok, monkeypatch):
+    """answer_questions = argmax next token after the full prompt `... question ? <|assistant|>`, repeated;
+    the prompt handed to decoding ends at '?' (decoding starts from <|assistant|>, so it is never doubled)."""
+    data = ShapesConversations("val", n=3, seed=4)
+    questions = ["what colour is the circle?", "how many shapes are there?", "is there a red square?"]
+    c = model.config
+    expected = []
+    for i, q in enumerate(questions):
+        ids = torch.tensor([tok.encode(chat_text([(q, None)]))[:-1]])  # ends with <|assistant|>
+        ids, mask = expand_image_tokens(ids, torch.ones_like(ids), c.image_token_id, c.num_image_tokens)
+        out = []
+        with torch.no_grad():
+            for _ in range(4):
+                logits = model(data.images[i : i + 1], ids)[0, -1]
+                logits[[c.pad_token_id, c.sot_token_id, c.image_token_id, c.user_token_id, c.assistant_token_id]] = -1e9
+                nxt = int(logits.argmax())
+                if nxt == c.end_token_id:
+                    break
+                out.append(nxt)
+                ids = torch.cat([ids, torch.tensor([[nxt]])], 1)
+        expected.append(tok.decode(out))
+    prompts = []
+    original = model.generate_answers
+    monkeypatch.setattr(model, "generate_answers", lambda image, prompt, n: prompts.append(prompt) or original(image, prompt, n))
+    assert answer_questions(model, tok, data.images, questions, max_new_tokens=4) == expected
+    for prompt in prompts:
+        assert prompt[0, -1] == tok.get_vocab()["?"] and (prompt == c.assistant_token_id).sum() == 0

@@ -174,11 +174,10 @@ def assistant_tokenizer(context_length: int = CONTEXT_LENGTH):
 
 
 def scene_texts(dataset: ShapesConversations) -> list[str]:
-    """The language model's text (stage 0): each scene's caption followed by one of its questions and
+    """The language model's text (stage 0): each scene's caption followed by its first question and
     the answer ("a large red circle in the top left. what colour is the circle? red."), so the model
     learns to answer from a description earlier in its context."""
-    return [f"{caption} {q} {a}." for caption, turns in zip(dataset.captions, dataset.conversations)
-            for q, a in turns]
+    return [f"{caption} {turns[0][0]} {turns[0][1]}." for caption, turns in zip(dataset.captions, dataset.conversations)]
 
 
 class TextDataset(Dataset):

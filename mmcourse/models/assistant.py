@@ -310,8 +310,10 @@ def answer_questions(model: VisualAssistant, tokenizer, images: torch.Tensor, qu
         raise ValueError(f"{len(images)} images but {len(questions)} questions")
     c = model.config
     enc = tokenizer([chat_text([(q, None)]) for q in questions])
-    ids, mask = enc["input_ids"][:, :-1], enc["attention_mask"][:, :-1]  # drop the last slot ([EOT] or pad)
-    lengths = mask.sum(1) - 1  # up to the prompt's <|assistant|>, which decoding starts from
+    ids, mask = enc["input_ids"], enc["attention_mask"]  # [SOT] <image> <|user|> question <|assistant|> [EOT]
+    if (ids[torch.arange(len(ids)), mask.sum(1) - 2] != c.assistant_token_id).any():
+        raise ValueError("a prompt was cut by the tokenizer's context_length: questions must be shorter")
+    lengths = mask.sum(1) - 2  # the prompt without <|assistant|> and [EOT]: decoding starts from <|assistant|>
     out = [""] * len(questions)
     for length in lengths.unique().tolist():
         rows = torch.nonzero(lengths == length).flatten()

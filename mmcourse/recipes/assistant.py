@@ -3,11 +3,11 @@
     model, history = load_assistant("pretrain")     # stage 0: the language model alone, on the course's text
     model, history = load_assistant("align")        # stage 1: the projector alone, on image-caption pairs
     model, history = load_assistant("instruct", negatives=False)  # stage 2: projector + LM, on conversations
-    model, history = load_assistant("instruct")     # + the remedy: 2 more epochs with "is there ...? no" turns
+    model, history = load_assistant("instruct")     # + the remedy: 1 more epoch with "is there ...? no" turns
 
 Stage 2 is LLaVA-style data first: "is there ...?" is asked only about objects in the scene. The
 remedy for the hallucination that causes (LRV-Instruction's negative instructions) continues stage 2
-for `REMEDY_EPOCHS` on conversations that also ask about absent objects; it is the default model.
+for `REMEDY_EPOCHS` (one) on conversations that also ask about absent objects; it is the default model.
 
 Every stage starts from the cached model of the stage before (a hash of those weights is part of
 this stage's key) and is one `train_or_load` entry. The image tower is lesson 06's two-object
@@ -29,15 +29,15 @@ from mmcourse.training.types import History, TrainConfig
 STAGES = ("pretrain", "align", "instruct")
 STAGE_EPOCHS = {"pretrain": 1, "align": 2, "instruct": 6}
 STAGE_LR = {"pretrain": 3e-3, "align": 1e-2, "instruct": 3e-3}
-REMEDY_EPOCHS = 2
+REMEDY_EPOCHS = 1
 N_TRAIN = 3000
 BATCH_SIZE = 64
 
 
 def assistant_train_config(stage: str, remedy: bool = False, **changes) -> TrainConfig:
-    """Stage 0: 1 epoch over 9,000 texts (141 steps of 64); stage 1: 2 epochs over 3,000 captioned scenes
+    """Stage 0: 1 epoch over 3,000 texts (47 steps of 64); stage 1: 2 epochs over 3,000 captioned scenes
     (94 steps, learning rate 1e-2: only the small projector trains); stage 2: 6 epochs over 3,000
-    conversations (282 steps); the remedy: 2 more (94 steps)."""
+    conversations (282 steps); the remedy: 1 more (47 steps)."""
     epochs = REMEDY_EPOCHS if remedy else STAGE_EPOCHS[stage]
     return replace(TrainConfig(epochs=epochs, lr=STAGE_LR[stage], weight_decay=0.01, warmup_fraction=0.05,
                                logit_scale_max=None, progress=False), **changes)
@@ -58,7 +58,7 @@ def load_assistant(stage: str = "instruct", negatives: bool = True, n_train: int
 
     Args:
         stage: the last stage trained: "pretrain" (text only), "align" or "instruct".
-        negatives: for "instruct": with the remedy (stage 2 continued for `REMEDY_EPOCHS` on conversations
+        negatives: for "instruct": with the remedy (stage 2 continued for `REMEDY_EPOCHS` (one) on conversations
             that also ask "is there ...?" about absent objects, answered "no"), or stage 2 on questions
             about present objects only. Ignored by the other stages (they read all of the scenes' text).
         n_train, seed, batch_size: the training scenes and batches.
@@ -111,7 +111,7 @@ def load_assistant(stage: str = "instruct", negatives: bool = True, n_train: int
     settings = {"config": asdict(config), "stage": stage, "clip": _state_hash(clip.state_dict()),
                 "previous": None if previous is None else _state_hash(previous)}
     data_key = {"n_train": n_train, "seed": seed, "holdout": VQA_HOLDOUT, "negatives": negatives,
-                "batch_size": batch_size}
+                "batch_size": batch_size, "texts": "caption + first turn" if stage == "pretrain" else kind}
     recipe = Recipe("assistant_remedy" if remedy else f"assistant_{stage}", build, settings,
                     assistant_train_config(stage, remedy), make_loader, data_key,
                     loss_fn={"pretrain": lm_loss, "align": caption_loss, "instruct": assistant_loss}[stage])

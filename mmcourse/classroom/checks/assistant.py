@@ -3,8 +3,7 @@
 * `check_assistant_labels`: the instruction-tuning labels, -100 everywhere but the assistant's tokens;
 * `check_projector`: LLaVA-1.5's projector, Linear -> GELU -> Linear, on image tokens;
 * `check_merge_image_features`: the projected image tokens written over the `<image>` positions;
-* `check_where_turns`: the transfer task's new question type, "where is the {shape}?";
-* `check_where_accuracy`: the few-shot fine-tuned assistant answers it above chance and keeps the old types.
+* `check_where_turns`: the transfer task's new question type, "where is the {shape}?".
 
 Each names the usual mistakes: loss on the user's turns or on everything, the `<|assistant|>` role token
 scored, `<|end|>` not scored, only the first or last answer scored, padding found by its id; ReLU for GELU,
@@ -19,8 +18,7 @@ import torch.nn.functional as F
 
 from mmcourse.classroom.checks.core import Case, CheckResult, Variant, check_value, run_check
 
-__all__ = ["check_assistant_labels", "check_projector", "check_merge_image_features", "check_where_turns",
-           "check_where_accuracy"]
+__all__ = ["check_assistant_labels", "check_projector", "check_merge_image_features", "check_where_turns"]
 
 PAD, SOT, EOT, IMG, USER, ASSISTANT, END = 0, 2, 3, 10, 11, 12, 13
 
@@ -224,24 +222,3 @@ def check_where_turns(where_turns: Callable[..., Any], raise_on_fail: bool = Tru
     return run_check("where_turns", where_turns, reference_where_turns, _where_cases(), diagnoses,
                      success="one 'where is the ...?' turn per object, answered with its corner, on {n} scenes",
                      raise_on_fail=raise_on_fail)
-
-
-def check_where_accuracy(accuracy: Any, before: Any = None, raise_on_fail: bool = True) -> CheckResult:
-    """Exercise 14.5: exact-match accuracy on held-out "where is the ...?" questions after few-shot tuning
-    (a fraction in [0, 1]); chance is 1/4. `before`: the accuracy before tuning, if measured."""
-    try:
-        value = float(accuracy)
-    except (TypeError, ValueError):
-        return check_value("where_accuracy", accuracy, "a fraction in [0, 1]",
-                           hint="pass the share of exact matches, e.g. (answers == truth).mean()",
-                           raise_on_fail=raise_on_fail)
-    if not 0 <= value <= 1:
-        return check_value("where_accuracy", accuracy, "a fraction in [0, 1]",
-                           hint="a share of questions, not a percentage or a count", raise_on_fail=raise_on_fail)
-    ok = value >= 0.5
-    return check_value("where_accuracy", ok, True,
-                       f"{value:.0%} of held-out 'where' questions answered exactly (chance 25%)"
-                       + (f", {float(before):.0%} before tuning" if before is not None else ""),
-                       hint=f"{value:.0%} is near chance: did the new turns reach the training batches, with the "
-                       "loss on the answers (your labels), and did the model train for the few steps given?",
-                       raise_on_fail=raise_on_fail)

@@ -73,6 +73,9 @@ _API = {
     "data.masking": ["mask_tokens", "mask_selected", "MaskingCollator"],
     "models.mlm": ["MLMConfig", "MaskedLanguageModel", "mlm_loss_fn"],
     "recipes.mlm": ["load_text_mlm", "load_image_mlm", "load_few_pair_clip"],
+    "models.assistant": ["AssistantConfig", "VisualAssistant", "DecoderLM", "Projector", "assistant_labels",
+        "assistant_loss", "merge_image_features", "answer_questions"],
+    "recipes.assistant": ["load_assistant"],
 }
 # lesson 13: audio and video
 _API["data"] = _API["data"] + ["SpokenDigits", "DigitClips"]

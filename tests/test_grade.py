@@ -1,7 +1,7 @@
 """The grader over a folder of fabricated submissions of a tiny fixture assignment, and over
 the cheats and hangs of the real assignment 01.
 
-`tests/fixtures/solutions/99_demo.ipynb` has two exercises checked with `mmcourse.checks` (1 and
+`tests/fixtures/solutions/99_demo.ipynb` has two exercises checked with `mmcourse.classroom.checks` (1 and
 2 points) and one hidden test (1 point). The submissions are made from its generated exercise:
 right, partly wrong (with a tampered check cell and an answer hard-coded to the visible case),
 a syntax error, endless loops (inside the checked function, at top level while printing without
@@ -23,10 +23,10 @@ from contextlib import redirect_stdout
 import nbformat
 import pytest
 
-import mmcourse.grade as grade
+import mmcourse.classroom.grade as grade
 from conftest import ROOT
-from mmcourse.checks.core import CHECK_MIMETYPE
-from mmcourse.exercises import make_exercise, normalise_solution
+from mmcourse.classroom.checks.core import CHECK_MIMETYPE
+from mmcourse.classroom.exercises import make_exercise, normalise_solution
 
 FIXTURES = ROOT / "tests" / "fixtures" / "solutions"
 SOLUTION = FIXTURES / "99_demo.ipynb"
@@ -43,7 +43,7 @@ DIED = "not run: the kernel died in code cell 4 under “Exercise 2: mean” (`i
 STUCK = "not run: code cell 2 under “Exercise 1: double” (`import time`) ran past its time limit and could not be interrupted"
 PUT_BACK = " (this graded cell was missing from your notebook: it was put back)"
 NO_RESULT = ("no result from the check for this run: it was not called, or not mmcourse's check "
-             "(did your code replace a check or `mmcourse.checks`?)")
+             "(did your code replace a check or `mmcourse.classroom.checks`?)")
 SYNTAX = ("NameError: name 'double' is not defined (an earlier cell failed: code cell 2 under “Exercise 1: double” "
           "(`def double(x)`), SyntaxError: expected ':' (line 1))")
 
@@ -355,7 +355,7 @@ def test_written_answers_collected_for_reading(graded):
 
 def _assignment_01_submissions(root):
     """The issue's three cheats and two hangs, on the handed-out exercise of assignment 01."""
-    from mmcourse.notebooks import read
+    from mmcourse.classroom.notebooks import read
 
     ex, sol = read(ROOT / "exercises" / "01_infonce.ipynb"), read(ROOT / "solutions" / "01_infonce.ipynb")
     answers = {c.id: c.source for c in sol.cells if c.metadata.get("nbgrader", {}).get("solution")}
@@ -370,7 +370,7 @@ def _assignment_01_submissions(root):
     noop = variant(**{"83661cc0": "check_info_nce_naive = check_clip_loss = check_info_nce = check_info_nce_grad = "
                                   "lambda *a, **k: None\n" + next(c.source for c in ex.cells if c.id == "83661cc0")})
     libref = variant(**{**answers, "99a74327": "def info_nce(z, z_pos, temperature=0.07):\n"
-                                              "    from mmcourse.losses import info_nce as _ref\n"
+                                              "    from mmcourse.objectives.losses import info_nce as _ref\n"
                                               "    return _ref(z, z_pos, temperature)"})
     skip = variant()
     for cell in skip.cells:
@@ -467,7 +467,7 @@ def test_graded_cells_without_a_heading_get_readable_labels():
 
 
 def test_real_assignments_name_exercises_by_their_titles():
-    from mmcourse.notebooks import read
+    from mmcourse.classroom.notebooks import read
 
     cells = grade.grade_cells(read(ROOT / "solutions" / "04_training_clip.ipynb"))
     assert [c.label for c in cells][:2] == ["Exercise 1 · The logits", "Exercise 2 · One training step"]
@@ -518,7 +518,7 @@ def test_prepare_moves_a_graded_cell_back_under_its_exercise():
 ])
 def test_arm_code_names_the_cells_identifiers(source, names):
     code = grade._arm_code("t0k", source)
-    assert code == f"__import__('mmcourse.checks.core', fromlist=['_arm'])._arm('t0k', {names!r})"
+    assert code == f"__import__('mmcourse.classroom.checks.core', fromlist=['_arm'])._arm('t0k', {names!r})"
 
 
 def test_the_grader_reads_nbformat_40_notebooks(tmp_path):
@@ -569,7 +569,7 @@ def test_setup_threads_follow_omp_num_threads(monkeypatch):
 
 
 def test_cell_timeouts_come_from_the_solutions_tags():
-    from mmcourse.notebooks import read
+    from mmcourse.classroom.notebooks import read
 
     timeouts = grade.cell_timeouts(read(ROOT / "solutions" / "04_training_clip.ipynb"))
     assert list(timeouts.values()) == [120.0]

@@ -10,6 +10,9 @@ One module per data set, all `torch.utils.data.Dataset`s whose items are dicts
   question alone does not give the answer away; `question_prior_predictions`, `per_type_accuracy`.
 - `faces`: `FacesSentiment`, drawn faces with short messages, labelled kind or mean; the label
   needs both modalities on its confounded part.
+- `noisy_pairs`: `Pairs`, fixed image–caption pairs with the truth about each, corrupted the ways
+  crawled data is wrong (`mix_noise`, `corrupt`, `NOISE_KINDS`), and `rule_filter` (lesson 12);
+  imported from `mmcourse.data.noisy_pairs`.
 - `loaders`: the split names, `make_collate(tokenizer)` (tokenizes captions into a batch) and
   the shared `DataLoader` construction behind `digits_dataloaders` / `shapes_dataloaders`.
 

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .. import zero_shot_metadata as meta
-from .digits import CaptionedDigits
+from . import zero_shot_metadata as meta
+from mmcourse.data.digits import CaptionedDigits
 
 NOISE_KINDS = ("misaligned", "boilerplate", "duplicates", "wrong_vocabulary", "truncated")
 # What crawled alt-text says when it says nothing. Some words are in the course's vocabulary
@@ -40,6 +40,8 @@ BOILERPLATE = ("image", "click here", "img_0423.jpg", "a photo.", "download now"
                "untitled", "picture", "see more", "dsc00981.png")
 DUPLICATES_PER_SOURCE = 25  # copies of each repeated image: few sources, many copies
 DUPLICATE_PIXEL_NOISE = 0.03  # std of the Gaussian noise on each copy (pixels in [0, 1])
+# Lesson 12's crawled pool: 70 % of the pairs corrupted, misaligned captions the most common kind.
+WEB_MIX = {"misaligned": 0.3, "boilerplate": 0.1, "duplicates": 0.1, "wrong_vocabulary": 0.1, "truncated": 0.1}
 
 
 @dataclass
@@ -224,6 +226,28 @@ def mix_noise(pairs: Pairs, rates: Mapping[str, float], seed: int = 0) -> Pairs:
 def corrupt(pairs: Pairs, kind: str, rate: float, seed: int = 0) -> Pairs:
     """`mix_noise(pairs, {kind: rate}, seed)`: one kind of noise on a fraction `rate` of the pairs."""
     return mix_noise(pairs, {kind: rate}, seed=seed)
+
+
+def trusted_and_pool(n_trusted: int = 200, rates: Mapping[str, float] | None = None, seed: int = 0,
+                     noise_seed: int = 1) -> tuple[Pairs, Pairs]:
+    """Lesson 12's setting: the clean training pairs split at random into a small trusted set and a
+    crawled pool corrupted with `rates` (default `WEB_MIX`).
+
+    Args:
+        n_trusted: pairs in the trusted set (0 < n_trusted < 1259).
+        rates: as `mix_noise`.
+        seed: of the split; noise_seed: of the corruption.
+
+    Returns:
+        (trusted, pool), both in the original order of the training split.
+    """
+    clean = clean_pairs("train")
+    if isinstance(n_trusted, bool) or not isinstance(n_trusted, int) or not 0 < n_trusted < len(clean):
+        raise ValueError(f"n_trusted must be an int in (0, {len(clean)}), got {n_trusted!r}")
+    order = torch.randperm(len(clean), generator=torch.Generator().manual_seed(seed))
+    trusted = clean.subset(order[:n_trusted].sort().values)
+    pool = mix_noise(clean.subset(order[n_trusted:].sort().values), WEB_MIX if rates is None else rates, seed=noise_seed)
+    return trusted, pool
 
 
 # ------------------------------------------------------------------------------ rules

@@ -22,8 +22,8 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 import torch
 
-from . import zero_shot_metadata as meta
-from .evaluate import accuracy, build_zero_shot_classifier, encode_texts, zero_shot_logits
+from mmcourse.data import zero_shot_metadata as meta
+from mmcourse.evaluation.zero_shot import accuracy, build_zero_shot_classifier, encode_texts, zero_shot_logits
 
 
 def _check_scores(scores: torch.Tensor, name: str = "scores") -> torch.Tensor:

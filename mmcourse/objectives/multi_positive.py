@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .losses import _check_pair, _check_scalar, _upcast
-from .norms import unit_vectors
+from mmcourse.objectives.losses import _check_pair, _check_scalar, _upcast
+from mmcourse.norms import unit_vectors
 
 
 def positives_from_labels(labels: torch.Tensor) -> torch.Tensor:

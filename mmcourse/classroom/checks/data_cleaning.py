@@ -76,6 +76,8 @@ def _threshold_cases() -> list[Case]:
     return [Case((scores, noisy, 0.2), {}, "8 pairs, max_noise=0.2"),
             Case((scores, noisy, 0.0), {}, "8 pairs, max_noise=0"),
             Case((tied, tied_noisy, 0.25), {}, "9 pairs with tied scores, max_noise=0.25"),
+            Case((torch.tensor([0.9, 0.5, 0.5, 0.1]), torch.tensor([False, False, True, True]), 0.3), {},
+                 "a tie of a clean and a noisy pair, max_noise=0.3"),
             Case((rand, rand_noisy, 0.3), {}, "40 random pairs, max_noise=0.3")]
 
 
@@ -86,17 +88,19 @@ def _threshold_with(which: str):
         kept = torch.arange(1, len(s) + 1, dtype=f64)
         last = torch.ones(len(s), dtype=torch.bool)
         last[:-1] = s[1:] != s[:-1]
+        if which == "float32":
+            share = (bad.float().cumsum(0) / kept.float()).double()
+            ok = (share <= max_noise) & last
+            idx = ok.nonzero().flatten()
+            return float(s[idx[-1]]) if len(idx) else math.inf
         if which == "recall":
             share = bad.cumsum(0) / max(bad.sum().item(), 1)
-        elif which == "inverted":
-            share = (1 - bad).cumsum(0) / kept
         else:
             share = bad.cumsum(0) / kept
-        ok = share <= max_noise + 1e-12
+        ok = share <= max_noise + 1e-6
         if which != "ties":
             ok &= last
         if which == "highest":
-            ok &= ok.cumprod(0).bool()  # stops at the first cut that fails
             idx = ok.nonzero().flatten()
             return float(s[idx[0]]) if len(idx) else math.inf
         idx = ok.nonzero().flatten()
@@ -111,12 +115,13 @@ def check_choose_threshold(student, raise_on_fail: bool = True) -> CheckResult:
         Variant(_threshold_with("recall"), "you measured the share of ALL noisy pairs that survive the threshold; "
                 "the target is the share of noise AMONG THE KEPT pairs",
                 ("divide the noisy pairs kept by the number of pairs kept", "precision, not recall")),
-        Variant(_threshold_with("inverted"), "you counted the clean pairs as the noise: is_noisy is True for a WRONG pair",
-                ("is_noisy[i] is True when pair i is wrong", "count the True entries among the kept pairs")),
-        Variant(_threshold_with("highest"), "you stopped at the first cut that breaks the target, so a lower "
-                "threshold that meets it again is missed; the task asks for the LOWEST threshold that meets it",
-                ("the noise share can go up and then down again as the threshold falls",
-                 "check every cut, keep the lowest that passes")),
+        Variant(_threshold_with("highest"), "you returned the HIGHEST threshold that meets the target (it keeps the "
+                "fewest pairs); the task asks for the LOWEST, to keep as much data as possible",
+                ("several thresholds meet the target: which one keeps the most pairs?",
+                 "the noise share can go up and down again as the threshold falls: check every cut")),
+        Variant(_threshold_with("float32"), "your share of noise is compared without slack: in float32, 1/5 is "
+                "0.2000000030 > 0.2, so a cut that meets the target exactly is rejected",
+                ("floating-point shares are rounded", "allow max_noise + 1e-6")),
         Variant(_threshold_with("ties"), "your threshold cuts through tied scores: a threshold t keeps EVERY pair "
                 "scoring >= t, so the noise share must be counted with all of them",
                 ("pairs with the same score are kept or dropped together", "only the last pair of a run of ties is a possible cut")),
@@ -240,6 +245,7 @@ def check_best_fraction(student, raise_on_fail: bool = True) -> CheckResult:
         Case((f, [0.55, 0.74, 0.77, 0.78], [1.0, 2.0, 3.0, 5.0], 0.02), {}, "4 fractions, tolerance 0.02"),
         Case((f, [0.60, 0.80, 0.79, 0.70], [1.0, 2.0, 3.1, 5.0], 0.05), {}, "the best in the middle, tolerance 0.05"),
         Case(([0.3, 0.5, 0.7], [0.70, 0.72, 0.74], [3.0, 1.5, 3.0], 0.03), {}, "times not in order of size"),
+        Case(([0.3, 0.5, 0.8], [0.70, 0.80, 0.81], [0.95, 1.0, 2.0], 0.15), {}, "the fastest is not the best per second"),
         Case(([0.5], [0.9], [2.0], 0.0), {}, "one fraction"),
     ]
     diagnoses = [

@@ -201,3 +201,12 @@ def test_an_untouched_blank_reraises_not_implemented():
 
     with pytest.raises(NotImplementedError):
         checks.check_pair_scores(blank)
+
+
+def test_calling_the_library_answers_is_reported():
+    from mmcourse.evaluation.data_filtering import choose_threshold, near_duplicates
+
+    result = checks.check_deduplicate(lambda x, r: near_duplicates(x, r).keep, raise_on_fail=False)
+    assert not result.passed and "near_duplicates" in result.message
+    result = checks.check_choose_threshold(lambda s, n, m: choose_threshold(s, n, m), raise_on_fail=False)
+    assert not result.passed and "choose_threshold" in result.message

@@ -184,6 +184,8 @@ def _dedup_euclidean(x, radius):
 def check_deduplicate(student, raise_on_fail: bool = True) -> CheckResult:
     """12.3: `student(embeddings (N, D), radius) -> (N,) bool keep` against
     `mmcourse.evaluation.data_filtering.near_duplicates(...).keep`."""
+    import scipy.sparse.csgraph  # noqa: F401 - imported here, so the student's first call is not timed on it
+    import sklearn.neighbors  # noqa: F401
     x0, r = _dedup_case(0)
     x1, _ = _dedup_case(1)
     cases = [Case((x0, r), {}, "7 embeddings: a chain of 3, a pair, 2 singletons"),
@@ -204,7 +206,7 @@ def check_deduplicate(student, raise_on_fail: bool = True) -> CheckResult:
     ]
     return run_check("deduplicate", student, _reference_dedup, cases, diagnoses,
                      success="one pair per group of near-copies on {n} cases (a chain, radius 0, rows of any length)",
-                     raise_on_fail=raise_on_fail,
+                     raise_on_fail=raise_on_fail, forbid=[data_filtering.near_duplicates],
                      fallback_hint=("link pairs within the radius, group the links, keep the lowest index per group",
                                     "scikit-learn's NearestNeighbors finds the links"))
 

@@ -64,7 +64,8 @@ _API = {
     "models.captioner": ["CaptionerConfig", "PrefixCaptioner", "caption_loss", "caption_labels"],
     "recipes.captioner": ["load_captioner"],
     "models.decoding": ["greedy_search", "beam_search", "sample", "Generation"],
-    "evaluation.caption_metrics": ["corpus_bleu", "cider", "clip_score", "ref_clip_score", "coco_tokenize"],
+    "evaluation.caption_metrics": ["corpus_bleu", "cider", "meteor", "clip_score", "ref_clip_score", "coco_tokenize",
+        "tokenize_captions"],
     "models.hf_clip": ["HFCLIPAdapter", "hf_clip_config", "build_hf_clip", "save_hf_clip", "load_hf_clip"],
     "recipes.hf_clip": ["load_digits_hf_clip"],
     "models.minilm": ["PretrainedTextEncoder", "LockedTextCLIP", "mean_pool", "load_minilm"],
@@ -77,6 +78,12 @@ _API = {
     "objectives.multi_positive": ["multi_positive_clip_loss"],
     "recipes.data_cleaning": ["train_on_pairs"],
 }
+# lesson 13: audio and video
+_API["data"] = _API["data"] + ["SpokenDigits", "DigitClips"]
+_API["models.audio"] = ["LogMelSpectrogram", "AudioEncoder", "AudioEncoderConfig", "mel_filterbank", "bind_loss",
+                        "encode_audio"]
+_API["models.video"] = ["mean_pool_frames", "TemporalTransformer", "ClipClassifier"]
+_API["recipes.audio"] = ["load_audio_encoder"]
 _WHERE = {name: module for module, names in _API.items() for name in names}
 __all__ = sorted(_WHERE)
 

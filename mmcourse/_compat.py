@@ -54,15 +54,6 @@ MOVED: dict[str, tuple[str, ...]] = {
 _PACKAGES = {"checks"}  # old packages: their submodules (mmcourse.checks.core, ...) moved with them
 
 
-def _importer_stacklevel() -> int:
-    """The stack level of the code that wrote the import (skipping the import system and this module)."""
-    frame, level = sys._getframe(1), 1
-    while frame is not None and (frame.f_code.co_filename.startswith("<frozen importlib")
-                                 or frame.f_code.co_filename == __file__):
-        frame, level = frame.f_back, level + 1
-    return level
-
-
 class _OldPathFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Finds `mmcourse.<old>` (and `mmcourse.checks.<sub>`): first on `sys.meta_path`, so a submodule of an
     old package is never found a second time under its old name (one module object per file)."""
@@ -80,7 +71,7 @@ class _OldPathFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         old = _old_name(module.__name__)
         new = _new_names(old)
         warnings.warn(f"{module.__name__} moved to {' and '.join(new)} (mmcourse 0.2); the old path works for one "
-                      "more release", DeprecationWarning, stacklevel=_importer_stacklevel())
+                      "more release", DeprecationWarning, stacklevel=2)  # the import system's own frames are not counted
         if len(new) == 1:  # a plain move: the old name is the new module itself
             sys.modules[module.__name__] = importlib.import_module(new[0])
             return

@@ -7,6 +7,7 @@ A lesson's one setup cell is::
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import warnings
@@ -15,6 +16,10 @@ import numpy as np
 import torch
 
 DEFAULT_SEED = 0
+# The lessons' reference setup: one torch thread. The thread count changes the order in which
+# floating-point sums are taken (a convolution's weight gradient is split across threads), so two
+# runs that differ only in threads train different weights and print different figures.
+REFERENCE_THREADS = 1
 
 
 def seed_everything(seed: int = DEFAULT_SEED) -> torch.Generator:
@@ -97,18 +102,50 @@ def set_threads(num_threads: int | None = None) -> int:
     return torch.get_num_threads()
 
 
-def setup_notebook(seed: int = DEFAULT_SEED, quiet: bool = False) -> torch.device:
+@contextlib.contextmanager
+def torch_threads(num_threads: int = REFERENCE_THREADS):
+    """Run a block with `num_threads` torch intra-op threads, then restore the caller's number.
+
+    The course trains its cached models inside `torch_threads(1)` (`mmcourse.pretrained.train_or_load_model`):
+    with a different thread count a convolution's gradient is summed in another order, and after a few
+    hundred steps the weights — and the lessons' quoted figures — differ (e.g. 15% instead of 18%).
+    With one thread a cached model is the same on every machine.
+
+    Raises:
+        ValueError: `num_threads` is not an integer >= 1.
+    """
+    if not isinstance(num_threads, int) or isinstance(num_threads, bool) or num_threads < 1:
+        raise ValueError(f"num_threads must be an int >= 1, got {num_threads!r}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(num_threads)
+    try:
+        yield num_threads
+    finally:
+        torch.set_num_threads(before)
+
+
+def setup_notebook(seed: int = DEFAULT_SEED, quiet: bool = False, threads: int | None = None) -> torch.device:
     """The setup every lesson calls once: seed, threads, plot style, quiet warnings.
 
     Args:
         seed: seed for Python, NumPy and torch.
         quiet: if False, print one line with the device, threads and versions.
+        threads: torch threads. Default: `MMCOURSE_NUM_THREADS`, else `OMP_NUM_THREADS` if set (as
+            `set_threads`), else `REFERENCE_THREADS` (1): the setup the lessons' printed figures were
+            made with. With more threads, models trained in the lesson itself can end with other
+            weights and print other figures (cached models always train with one thread), and the
+            small models here gain little from more threads.
 
     Returns:
         The device from `get_device()`.
+
+    Raises:
+        ValueError: `threads` or `MMCOURSE_NUM_THREADS` is not an integer >= 1.
     """
     seed_everything(seed)
-    threads = set_threads()
+    if threads is None and not any(os.environ.get(v, "").strip() for v in ("MMCOURSE_NUM_THREADS", "OMP_NUM_THREADS")):
+        threads = REFERENCE_THREADS
+    threads = set_threads(threads)
     device = get_device()
     _plot_style()
     # Noise a learner cannot act on; real problems still raise.

@@ -1,14 +1,175 @@
-"""Caption metrics: BLEU against a hand computation, CIDEr-D against pycocoevalcap called directly,
-CLIPScore and RefCLIPScore against the CLIP model's own logits."""
+"""Caption metrics: the COCO tokenisation against pycocoevalcap's Java PTBTokenizer (and, without
+Java, against its committed outputs), BLEU against a hand computation, CIDEr-D against
+pycocoevalcap's own pipeline, METEOR against pycocoevalcap's Meteor, CLIPScore and RefCLIPScore
+against the CLIP model's own logits."""
 from __future__ import annotations
 
+import json
 import math
+import re
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
 
-from mmcourse.evaluation import clip_score, cider, coco_tokenize, corpus_bleu, ref_clip_score
+from mmcourse.evaluation import caption_metrics
+from mmcourse.evaluation.caption_metrics import (clip_score, cider, coco_tokenize, corpus_bleu, java_available, meteor,
+                                      ref_clip_score, tokenize_captions)
+from mmcourse.evaluation.ptb_tokenizer import PUNCTUATIONS, ptb_tokenize
+
+needs_java = pytest.mark.skipif(not java_available(), reason="no `java` on the PATH: the Java comparison is skipped "
+                                "(the Python tokenizer is still checked against the committed Java outputs)")
+FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "ptb_captions.json").read_text())
+CASES = FIXTURE["captions"] + FIXTURE["beyond"]
+
+# The issue's kind of input: COCO-style captions whose tokens PTB keeps whole or splits
+ISSUE_HYPS = [
+    "A man in a t-shirt doesn't smile.",
+    "Two hot-dogs on a paper plate.",
+    "A red double-decker bus on a city street.",
+    "The cat's tail hangs off the couch.",
+    "A phone with a 3.5 inch screen.",
+    "A dog can't catch the frisbee.",
+    "A close-up of a pizza with pepperoni.",
+    "They're sitting on a bench by the water.",
+    "A 12-year-old boy flies a kite.",
+    "A bowl of soup (with noodles) on a table.",
+    "It's a sunny day at the beach.",
+    "A clock tower reading 10:45.",
+    "The women's restroom has a blue door.",
+    "A sign that says \"STOP\" at a corner.",
+    "A black-and-white photo of an old train.",
+]
+ISSUE_REFS = [
+    ["A man in a t-shirt who doesn't smile.", "A man wearing a white t-shirt.", "A serious man in a t-shirt."],
+    ["Two hot-dogs with mustard on a plate.", "Hot-dogs on a paper plate.", "A plate holding two hot-dogs."],
+    ["A double-decker bus driving down a street.", "A red double-decker bus in the city.", "A bus on a street."],
+    ["A cat's tail hanging off a couch.", "The cat's tail is on the couch.", "A cat lying on a couch."],
+    ["A small phone with a 3.5 inch screen.", "A 3.5 inch phone screen.", "A phone on a table."],
+    ["A dog that can't catch a frisbee.", "A dog jumping for a frisbee.", "The dog can't reach the frisbee."],
+    ["A close-up of a pepperoni pizza.", "A pizza with pepperoni and cheese.", "A close-up of a pizza."],
+    ["They're sitting on a bench near the water.", "Two people on a bench by the lake.", "A couple on a bench."],
+    ["A 12-year-old boy flying a kite.", "A boy flies a kite in a field.", "A kid with a kite."],
+    ["A bowl of soup with noodles.", "A bowl of noodle soup (hot) on a table.", "Soup (with noodles) in a bowl."],
+    ["It's a sunny day on the beach.", "A sunny beach with people.", "People at the beach on a sunny day."],
+    ["A clock tower that reads 10:45.", "A tall clock tower.", "The clock on the tower says 10:45."],
+    ["The women's restroom door is blue.", "A blue door to the women's restroom.", "A blue restroom door."],
+    ["A \"STOP\" sign at a corner.", "A stop sign at an intersection.", "A sign that says \"STOP\"."],
+    ["A black-and-white photo of a train.", "An old train in black-and-white.", "A photo of an old steam train."],
+]
+
+
+def _quotes_alike(tokens: str) -> str:
+    """Opening and closing quotes as one kind: PTB's choice of ` or ' is dropped with the punctuation."""
+    return tokens.replace("``", "''").replace("`", "'")
+
+
+def test_the_fixture_is_a_real_caption_test_set():
+    texts = [c["text"] for c in FIXTURE["captions"]]
+    assert len(texts) >= 40 and len(set(texts)) == len(texts)
+    for needle in ("n't", "-", "'s", "3.5", "(", '"', ",", "?", "30,000", "'"):
+        assert any(needle in t for t in texts), needle
+    assert sum(c["coco"] != " ".join(re.findall(r"\w+", c["text"].lower())) for c in FIXTURE["captions"]) > 40
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c["text"][:40])
+def test_python_tokenizer_equals_the_committed_java_outputs(case):
+    assert coco_tokenize(case["text"]) == case["coco"]
+    assert _quotes_alike(" ".join(ptb_tokenize(case["text"]))) == _quotes_alike(case["ptb"])
+
+
+@needs_java
+def test_java_tokenizer_still_gives_the_committed_outputs_and_equals_pycocoevalcap_s_class():
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    texts = [c["text"] for c in CASES]
+    ours, name = tokenize_captions(texts, "java")
+    assert name == "ptb-java" and ours == [c["coco"] for c in CASES]
+    library = PTBTokenizer().tokenize({i: [{"caption": t}] for i, t in enumerate(texts)})
+    assert ours == [library[i][0] for i in range(len(texts))]
+    python, name = tokenize_captions(texts, "python")
+    assert name == "ptb-python" and python == ours
+    assert sum(a == b for a, b in zip(python, ours)) == len(CASES)
+
+
+def test_coco_tokenize():
+    assert coco_tokenize("A Red circle, in the TOP left.") == "a red circle in the top left"
+    assert coco_tokenize("A man in a t-shirt doesn't smile.") == "a man in a t-shirt does n't smile"
+    # pycocoevalcap lower-cases before filtering with its upper-case list: brackets survive
+    assert coco_tokenize("A bowl (of soup).") == "a bowl -lrb- of soup -rrb-"
+    assert "-LRB-" in PUNCTUATIONS and coco_tokenize("") == ""
+    with pytest.raises(ValueError, match="str"):
+        coco_tokenize(3)
+    with pytest.raises(ValueError, match="position 1"):
+        tokenize_captions(["a", None])
+    with pytest.raises(ValueError, match="tokenizer must be one of"):
+        tokenize_captions(["a"], "nltk")
+
+
+def test_without_java_auto_falls_back_to_python_and_says_so(monkeypatch):
+    monkeypatch.setattr(caption_metrics, "java_available", lambda: False)
+    tokens, name = tokenize_captions(ISSUE_HYPS)
+    assert name == "ptb-python" and tokens[0] == "a man in a t-shirt does n't smile"
+    assert cider(ISSUE_HYPS, ISSUE_REFS).tokenizer == "ptb-python"
+    assert corpus_bleu(ISSUE_HYPS, ISSUE_REFS).tokenizer == "ptb-python"
+    with pytest.raises(RuntimeError, match="needs a `java`"):
+        tokenize_captions(["a"], "java")
+    with pytest.raises(RuntimeError, match="METEOR is unavailable"):
+        meteor(ISSUE_HYPS, ISSUE_REFS)
+
+
+def test_a_caption_with_line_breaks_stays_one_caption():
+    texts = ["a dog\non a sofa.", "a cat\r\nasleep", "a bird\u2028flying"]
+    assert tokenize_captions(texts, "python")[0] == ["a dog on a sofa", "a cat asleep", "a bird flying"]
+    if java_available():
+        assert tokenize_captions(texts, "java")[0] == ["a dog on a sofa", "a cat asleep", "a bird flying"]
+
+
+def _pycocoevalcap_cider(hyps, refs):
+    """pycocoevalcap's own pipeline, as its COCOEvalCap runs it: PTBTokenizer, then Cider."""
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    tok = PTBTokenizer()
+    gts = tok.tokenize({i: [{"caption": r} for r in rs] for i, rs in enumerate(refs)})
+    res = tok.tokenize({i: [{"caption": h}] for i, h in enumerate(hyps)})
+    return Cider().compute_score(gts, res)
+
+
+@needs_java
+def test_cider_equals_pycocoevalcap_s_own_pipeline_on_the_issue_s_example():
+    score, per_image = _pycocoevalcap_cider(ISSUE_HYPS, ISSUE_REFS)
+    for tokenizer in ("java", "python", "auto"):
+        ours = cider(ISSUE_HYPS, ISSUE_REFS, tokenizer)
+        assert ours.score == pytest.approx(score, rel=1e-12) and ours.per_image.tolist() == pytest.approx(list(per_image))
+    assert cider(ISSUE_HYPS, ISSUE_REFS).tokenizer == "ptb-java"
+    # the words-only tokenisation the course used before scores these captions differently
+    from pycocoevalcap.cider.cider import Cider
+
+    words = lambda t: " ".join(re.findall(r"\w+", t.lower()))  # noqa: E731
+    before = Cider().compute_score({i: [words(r) for r in rs] for i, rs in enumerate(ISSUE_REFS)},
+                                   {i: [words(h)] for i, h in enumerate(ISSUE_HYPS)})[0]
+    assert abs(before - score) > 0.1, (before, score)
+
+
+def test_cider_on_the_issue_s_example_without_java():
+    """The same figure from the Python tokenizer: pycocoevalcap's pipeline gives 3.8939 (measured with Java)."""
+    ours = cider(ISSUE_HYPS, ISSUE_REFS, "python")
+    assert ours.score == pytest.approx(3.8938549366, abs=1e-9) and ours.tokenizer == "ptb-python"
+
+
+@needs_java
+@pytest.mark.slow
+def test_meteor_equals_pycocoevalcap_s_meteor_on_ptb_tokens():
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    ours = meteor(ISSUE_HYPS, ISSUE_REFS)
+    tokens = {i: [coco_tokenize(r) for r in rs] for i, rs in enumerate(ISSUE_REFS)}
+    scorer = Meteor()
+    score, scores = scorer.compute_score(tokens, {i: [coco_tokenize(h)] for i, h in enumerate(ISSUE_HYPS)})
+    assert ours.tokenizer == "ptb-java" and ours.score == pytest.approx(score)
+    assert ours.per_image.tolist() == pytest.approx(list(scores)) and 0 < ours.score < 1
 
 HYPS = ["a red circle in the top left.", "a blue square.", "a small green cross coloured green .",
         "there is a large yellow triangle"]
@@ -61,7 +222,7 @@ def test_bleu_equals_a_hand_computation():
 def test_cider_equals_pycocoevalcap_on_coco_tokens_and_rewards_the_right_caption():
     from pycocoevalcap.cider.cider import Cider
 
-    score, per_image = cider(HYPS, REFS)
+    score, per_image, _ = cider(HYPS, REFS)
     direct = Cider().compute_score({i: [coco_tokenize(r) for r in rs] for i, rs in enumerate(REFS)},
                                    {i: [coco_tokenize(h)] for i, h in enumerate(HYPS)})
     assert score == pytest.approx(direct[0]) and per_image.tolist() == pytest.approx(list(direct[1]))

@@ -81,7 +81,8 @@ def test_nan_without_diagnosis_is_reported_as_nan():
 
     plain = make_check("softmax", softmax_ref, [Case(args=(Z,), label="6×4")])  # no diagnoses to explain it
     assert str(pytest.raises(CheckFailed, plain, nan_softmax).value) == (
-        "✗ softmax: the result contains NaN (case: 6×4)\n  Hint: compare your code with the formula above, one term at a time")
+        "✗ softmax: the result contains NaN (case: 6×4)\n  Hint: the message names the case and where your result differs: "
+        "work that case out by hand and compare it with yours, step by step")
     assert compare(1.0, float("nan")) == "the result is NaN"
     assert compare(1.0, float("inf")) == "the result is inf (an overflow?)"
     assert compare(torch.ones(2), torch.tensor([1.0, float("inf")])) == "the result contains inf (an overflow?)"
@@ -94,7 +95,7 @@ def test_unexplained_wrong_values_show_where_they_differ():
     expected = torch.softmax(Z, -1)[2, 1].item()
     assert (f"values differ from the reference (largest difference 0.5 at index [2, 1]: expected {expected:.6g}, "
             f"got {expected + 0.5:.6g}) (case: 6×4)") in msg
-    assert "Hint: compare your code with the formula" in msg
+    assert "Hint: the message names the case and where your result differs" in msg
 
 
 # --------------------------------------------------------------------------- code that misbehaves

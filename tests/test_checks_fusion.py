@@ -129,7 +129,17 @@ def first_seen(train_q, train_a, test_q):
     return torch.tensor([first.get(q, int(torch.bincount(train_a).argmax())) for q in test_q])
 
 
+def most_common(train_q, train_a, test_q):  # issue 23: passed once; Counter keeps the first-seen answer on a tie
+    from collections import Counter
+    by_q = {}
+    for q, a in zip(train_q, train_a.tolist()):
+        by_q.setdefault(q, Counter())[a] += 1
+    overall = Counter(train_a.tolist())
+    return torch.tensor([by_q.get(q, overall).most_common(1)[0][0] for q in test_q])
+
+
 @pytest.mark.parametrize("wrong, fragment", [
+    (most_common, "ties are broken by the order the answers were seen"),
     (lambda q, a, t: torch.full((len(t),), int(torch.bincount(a).argmax())), "most frequent answer overall"),
     (first_seen, "first answer seen"),
     (lambda q, a, t: torch.zeros(len(t), dtype=torch.long), None),

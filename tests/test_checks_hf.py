@@ -61,7 +61,7 @@ def test_hf_clip_logits_right_answer_passes():
 
 @pytest.mark.parametrize("wrong, fragment", [
     (logits_per_text, "logits_per_text"),
-    (logits_log_scale, "logit_scale.exp()"),
+    (logits_log_scale, "logit_scale is stored as a log"),
     (logits_unnormalised, "not L2-normalised"),
     (logits_last_token, "last position"),
     (logits_no_projection, "not projected"),

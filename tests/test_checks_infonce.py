@@ -106,7 +106,7 @@ def test_info_nce_stable_accepts_correct(good):
 
 
 @pytest.mark.parametrize("bad,fragment", [
-    (naive_ok, "not stable at τ=0.01: exp(sim/τ) overflows; use logsumexp"),
+    (naive_ok, "your loss is not finite at τ=0.01"),
     (multiplied, "temperature multiplied instead of divided"),
     (twice, "you divided by τ twice"),
     (unnormalised, "not normalised"),
@@ -119,7 +119,7 @@ def test_info_nce_stable_names_mistake(bad, fragment):
 
 def test_message_names_the_case():
     text = fails_with(check_info_nce, naive_ok, "τ=0.01")
-    assert "logsumexp" in text
+    assert "logarithms" in text
 
 
 # ----------------------------------------------------------------------------- students' clip_loss
@@ -261,7 +261,7 @@ def test_not_a_function():
 
 def test_two_mistakes_at_once_still_named():
     # the student's loop from the lesson with τ multiplied AND a sum: no single known variant matches,
-    # the property tests still name one mistake; fixing it reveals the other
+    # the property tests still say what they observed; fixing it reveals the other
     def multiplied_and_summed(z, z_pos, temperature=0.07):
         z, z_pos = z / z.norm(dim=1, keepdim=True), z_pos / z_pos.norm(dim=1, keepdim=True)
         e = torch.exp(z @ z_pos.T * temperature)
@@ -271,10 +271,10 @@ def test_two_mistakes_at_once_still_named():
         e = torch.exp(z @ z_pos.T * temperature)
         return -torch.log(e.diagonal() / e.sum(dim=1)).mean()
 
-    fails_with(check_info_nce_naive, multiplied_and_summed, "returns a sum, not a mean")
-    fails_with(check_info_nce_naive, multiplied_and_unnormalised, "temperature multiplied instead of divided")
+    fails_with(check_info_nce_naive, multiplied_and_summed, "the SUM over the anchors")
+    fails_with(check_info_nce_naive, multiplied_and_unnormalised, "larger at τ = 0.05 than at τ = 1")
 
     def clip_one_way_summed(image_emb, text_emb, logit_scale):
         return F.cross_entropy(logit_scale * image_emb @ text_emb.T, torch.arange(len(image_emb)), reduction="sum")
 
-    fails_with(check_clip_loss, clip_one_way_summed, "returns a sum, not a mean")
+    fails_with(check_clip_loss, clip_one_way_summed, "summed over the pairs, not averaged")

@@ -89,8 +89,26 @@ def loss_correct(logits, labels):
 def loss_masked_select(logits, labels):  # also correct, written by selecting the targets
     t = labels != -100
     if not t.any():
+        return logits.sum() * 0.0  # 0, still on the graph
+    return -logits[t].log_softmax(-1).gather(-1, labels[t].unsqueeze(-1)).mean()
+
+
+def loss_fresh_zero(logits, labels):  # issue 23: passed once; a new 0 cannot be backpropagated
+    t = labels != -100
+    if not t.any():
         return torch.zeros((), dtype=logits.dtype)
     return -logits[t].log_softmax(-1).gather(-1, labels[t].unsqueeze(-1)).mean()
+
+
+def loss_detached(logits, labels):
+    return loss_masked_select(logits, labels).detach()
+
+
+@pytest.mark.parametrize("fn, expected", [(loss_fresh_zero, "NEW zero tensor"),
+                                          (loss_detached, "no gradient with respect to the logits")])
+def test_mlm_loss_off_the_graph_fails(fn, expected):
+    result = checks.check_mlm_loss(fn, raise_on_fail=False)
+    assert not result.passed and expected in result.message, result.message
 
 
 @pytest.mark.parametrize("fn", [loss_correct, loss_masked_select])

@@ -53,6 +53,22 @@ def test_clean_outputs_drops_widget_views_state_and_timestamps_and_joins_streams
     nbformat.validate(nb)
 
 
+def test_clean_outputs_drops_progress_bar_stubs_and_keeps_printed_text():
+    nb = executed("fit(...)")
+    cell = nb.cells[1]
+    bar = "training:   0%|          | 0/400 [00:00<?, ?step/s]\rtraining:  50%|#####     | 200/400 [00:02<00:02, 90step/s]\r"
+    cell.outputs = [new_output("stream", name="stderr", text=bar),
+                    new_output("stream", name="stdout", text="epoch 1: 50%\n\nloss 0.25\n"),
+                    new_output("display_data", data={"text/plain": "HBox(children=(FloatProgress(value=0.0, max=400.0),))"}),
+                    new_output("stream", name="stderr", text=bar + "a real warning\n"),
+                    new_output("stream", name="stdout", text="done\n")]
+    clean_outputs(nb)
+    assert [(o.output_type, o.get("name"), o.text) for o in cell.outputs] == [
+        ("stream", "stdout", "epoch 1: 50%\n\nloss 0.25\n"), ("stream", "stderr", "a real warning\n"),
+        ("stream", "stdout", "done\n")]
+    nbformat.validate(nb)
+
+
 def test_lessons_are_found_by_glob_in_course_order():
     found = lessons()
     assert found and found == sorted(found) and all(p.parent == ROOT / "notebooks" for p in found)

@@ -172,3 +172,95 @@ def test_torchrun_entry_point_equals_one_process(tmp_path):
     assert set(grads) == {n for n, p in model.named_parameters() if p.grad is not None}
     for name, p in model.named_parameters():
         torch.testing.assert_close(grads[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+# ------------------------------------------------------------------ unequal local batches (2 and 3 ranks)
+def _unequal_worker(rank, sizes, port):
+    world = len(sizes)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        from mmcourse.data import PerProcessGenerator
+        from mmcourse.objectives.distributed import gather_sizes
+
+        def mean(t):
+            t = t.detach().clone()
+            dist.all_reduce(t)
+            return t / world
+
+        n_all, start = sum(sizes), sum(sizes[:rank])
+        rows = slice(start, start + sizes[rank])
+        g = torch.Generator().manual_seed(3)
+        images = F.normalize(torch.randn(n_all, D, generator=g, dtype=torch.float64), dim=-1)
+        texts = F.normalize(torch.randn(n_all, D, generator=g, dtype=torch.float64), dim=-1)
+        assert gather_sizes(images[rows], texts[rows]) == list(sizes)
+        assert local_loss_labels(sizes[rank], rank, sizes=list(sizes)).tolist() == list(range(start, start + sizes[rank]))
+
+        def leaves(scale, bias):
+            return (images[rows].clone().requires_grad_(), texts[rows].clone().requires_grad_(),
+                    torch.tensor(scale, dtype=torch.float64, requires_grad=True),
+                    torch.tensor(bias, dtype=torch.float64, requires_grad=True))
+
+        # the reference: one process, the full batch of sum(sizes) pairs
+        fi, ft = images.clone().requires_grad_(), texts.clone().requires_grad_()
+        fs = torch.tensor(14.0, dtype=torch.float64, requires_grad=True)
+        full = clip_loss(fi, ft, fs)
+        full.backward()
+        for local in (False, True):
+            x, y, s, _ = leaves(14.0, 0.0)
+            loss = clip_loss_distributed(x, y, s, local_loss=local)
+            loss.backward()
+            torch.testing.assert_close(mean(loss), full.detach())  # DDP averages the ranks' losses and gradients
+            torch.testing.assert_close(x.grad / world, fi.grad[rows])  # the gather's backward summed W copies
+            torch.testing.assert_close(y.grad / world, ft.grad[rows])
+            torch.testing.assert_close(mean(s.grad), fs.grad)
+        fi.grad = ft.grad = None
+        fs = torch.tensor(10.0, dtype=torch.float64, requires_grad=True)
+        fb = torch.tensor(-10.0, dtype=torch.float64, requires_grad=True)
+        full = siglip_loss(fi, ft, fs, fb)
+        full.backward()
+        x, y, s, b = leaves(10.0, -10.0)
+        loss = siglip_loss_distributed(x, y, s, b)
+        loss.backward()
+        torch.testing.assert_close(mean(loss), full.detach())
+        torch.testing.assert_close(x.grad / world, fi.grad[rows])
+        torch.testing.assert_close(y.grad / world, ft.grad[rows])
+        torch.testing.assert_close(mean(s.grad), fs.grad)
+        torch.testing.assert_close(mean(b.grad), fb.grad)
+
+        # bad inputs on ONE rank: every rank raises, naming each rank's size, and the group stays usable
+        last = world - 1
+        cases = [(images[rows][:0] if rank == last else images[rows], texts[rows][:0] if rank == last else texts[rows],
+                  "at least one pair"),
+                 (images[rows][:, :D - 1] if rank == last else images[rows],
+                  texts[rows][:, :D - 1] if rank == last else texts[rows], "differ in width"),
+                 (images[rows] * (float("nan") if rank == last else 1.0), texts[rows], rf"rank\(s\) \[{last}\]")]
+        for xi, yi, match in cases:
+            for fn in (lambda: clip_loss_distributed(xi, yi, 14.0, local_loss=True),
+                       lambda: siglip_loss_distributed(xi, yi, 10.0, -10.0)):
+                with pytest.raises(ValueError, match=match) as error:
+                    fn()
+                for r, n in enumerate(sizes):
+                    n_shown = 0 if (r == last and match == "at least one pair") else n
+                    assert f"rank {r}: {n_shown} pairs" in str(error.value), str(error.value)
+        torch.testing.assert_close(mean(clip_loss_distributed(images[rows], texts[rows], 14.0)),
+                                   clip_loss(images, texts, 14.0))
+
+        # a seeded transform's generator draws differently on each rank (rank 0: what manual_seed draws)
+        draws = torch.rand(4, generator=PerProcessGenerator(0).get())
+        everyone = [torch.empty_like(draws) for _ in range(world)]
+        dist.all_gather(everyone, draws)
+        assert len({tuple(d.tolist()) for d in everyone}) == world
+        assert torch.equal(everyone[0], torch.rand(4, generator=torch.Generator().manual_seed(0)))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sizes", [(4, 3), (4, 2, 3)])
+def test_unequal_local_batches_give_the_full_batch_loss_and_gradients(sizes):
+    """2 and 3 gloo processes with unequal local batches: padding + mask in the exchange, each rank's
+    share scaled by W / N, so the mean over ranks is the single-process loss of all pairs and the
+    gradients are its gradients; a bad batch on one rank is a ValueError on every rank."""
+    mp.start_processes(_unequal_worker, args=(sizes, _free_port()), nprocs=len(sizes), start_method="spawn")

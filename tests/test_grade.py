@@ -286,7 +286,7 @@ def test_executed_notebooks_keep_the_check_results(graded):
     dave = nbformat.read(str(graded["executed"] / "dave.ipynb"), as_version=4)
     flood = next(c for c in dave.cells if c.id == "mean").outputs
     assert [(o.output_type, len(o.get("text", ""))) for o in flood[:2]] == [("stream", grade.MAX_OUTPUT_CHARS),
-                                                                           ("stream", 54)]
+                                                                           ("stream", 64)]
     assert flood[0].text.startswith("x" * 100 + "\n") and "output cut after 100000 characters" in flood[1].text
     ivan = nbformat.read(str(graded["executed"] / "ivan.ipynb"), as_version=4)
     assert [c.id for c in ivan.cells][3:7] == ["double", "check-double", "task-mean", "mean"]  # put back in place

@@ -239,3 +239,95 @@ def test_collator_seed_repeats_and_defaults_to_the_global_generator():
     torch.manual_seed(0)
     d = MaskingCollator(TOK)(CAPTIONS * 10)["labels"]
     assert torch.equal(c, d)
+
+
+# ----------------------------------------------------------------- seeded draws across DataLoader workers
+def _masks(loader):
+    return [batch["labels"] for batch in loader]
+
+
+def _worker_loader(num_workers=2, seed=0, loader_seed=1, **kw):
+    """8 batches whose inputs are all the same captions: any two equal masks come from equal draws."""
+    from torch.utils.data import DataLoader
+
+    return DataLoader(CAPTIONS * 16, batch_size=len(CAPTIONS) * 2, shuffle=False, num_workers=num_workers,
+                      collate_fn=MaskingCollator(TOK, seed=seed, mlm_probability=0.3, **kw),
+                      generator=torch.Generator().manual_seed(loader_seed))
+
+
+def test_seeded_collator_masks_differently_in_each_worker_and_repeats_from_run_to_run():
+    loader = _worker_loader()
+    first = _masks(loader)
+    assert len(first) == 8 and all(torch.equal(first[0] != IGNORE_INDEX, m != IGNORE_INDEX) is False for m in first[1:])
+    # batch 0 (worker 0) and batch 1 (worker 1): a plain manual_seed(0) generator copied into both gave equal masks
+    assert not torch.equal(first[0], first[1])
+    assert len({tuple(m.flatten().tolist()) for m in first}) == 8
+    again = _masks(_worker_loader())
+    assert all(torch.equal(a, b) for a, b in zip(first, again))  # the same run, the same masks
+    second_epoch = _masks(loader)
+    assert all(not torch.equal(a, b) for a, b in zip(first, second_epoch))  # a new epoch, new draws
+    other_run = _masks(_worker_loader(loader_seed=2))
+    assert not torch.equal(first[0], other_run[0])
+    other_seed = _masks(_worker_loader(seed=1))
+    assert not torch.equal(first[0], other_seed[0])
+
+
+def test_seeded_collator_in_the_main_process_draws_what_manual_seed_draws():
+    from torch.utils.data import DataLoader
+
+    loader = _worker_loader(num_workers=0)
+    masks = _masks(loader)
+    g = torch.Generator().manual_seed(0)
+    ids, mask = TOK(CAPTIONS * 2)["input_ids"], TOK(CAPTIONS * 2)["attention_mask"]
+    keep = int(mask.sum(1).max())
+    for m in masks:
+        _, labels = mask_tokens(ids[:, :keep], mask[:, :keep], SPECIAL, TOK.vocab_size, TOK.mask_token_id,
+                                mlm_probability=0.3, generator=g)
+        assert torch.equal(m, labels)
+    assert isinstance(DataLoader, type) and MaskingCollator(TOK).generator is None
+
+
+def test_per_process_generator_seeds():
+    from mmcourse.data import PerProcessGenerator
+
+    gen = PerProcessGenerator(5)
+    assert gen.seed_for((0, None, None)) == 5
+    seeds = {gen.seed_for(k) for k in [(0, None, None), (1, None, None), (0, 0, 100), (0, 1, 101), (1, 0, 100),
+                                       (0, 0, 200)]}
+    assert len(seeds) == 6 and all(0 <= s < 2**63 for s in seeds)
+    assert PerProcessGenerator(6).seed_for((0, 0, 100)) != gen.seed_for((0, 0, 100))
+    assert torch.equal(torch.rand(3, generator=gen.get()), torch.rand(3, generator=torch.Generator().manual_seed(5)))
+    import pickle
+
+    assert pickle.loads(pickle.dumps(gen)).get().initial_seed() == 5
+    for bad in (-1, 1.5, True, "0"):
+        with pytest.raises(ValueError, match="non-negative int"):
+            PerProcessGenerator(bad)
+
+
+def _first_batches(dataset, num_workers, loader_seed):
+    from torch.utils.data import DataLoader
+
+    from mmcourse.data import make_collate
+
+    loader = DataLoader(dataset, batch_size=4, num_workers=num_workers, collate_fn=make_collate(TOK),
+                        generator=torch.Generator().manual_seed(loader_seed))
+    return [b for b, _ in zip(loader, range(2))]
+
+
+@pytest.mark.parametrize("kind", ["augmentation", "random captions"])
+def test_dataset_transforms_differ_across_workers_and_repeat(kind):
+    """Augmentations and random captions draw from torch's global generator, which DataLoader reseeds
+    in each worker from the loader's generator: batches 0 and 1 (the same items) differ, runs repeat."""
+    from torch.utils.data import Subset
+
+    from mmcourse.data import CaptionedDigits
+
+    data = CaptionedDigits("train", augment=kind == "augmentation", random_captions=kind == "random captions")
+    same_items = Subset(data, [0, 1, 2, 3] * 2)
+    key = "image" if kind == "augmentation" else "input_ids"
+    a = _first_batches(same_items, 2, 0)
+    b = _first_batches(same_items, 2, 0)
+    assert not torch.equal(a[0][key], a[1][key])
+    assert torch.equal(a[0][key], b[0][key]) and torch.equal(a[1][key], b[1][key])
+    assert not torch.equal(a[0][key], _first_batches(same_items, 2, 1)[0][key])

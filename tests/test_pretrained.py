@@ -109,3 +109,47 @@ def test_concurrent_requests_train_once(tmp_path):
     outputs = sorted(p.communicate(timeout=300)[0].strip() for p in procs)
     assert outputs == ["loaded", "trained"]
     assert len(list(tmp_path.glob("race_*.pt"))) == 1
+
+
+def _conv_model():
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+                               torch.nn.Conv2d(16, 32, 3, stride=2, padding=1), torch.nn.ReLU(),
+                               torch.nn.Flatten(), torch.nn.Linear(32 * 16 * 16, 10))
+
+
+def _conv_loader():
+    g = torch.Generator().manual_seed(0)
+    images, labels = torch.randn(256, 3, 32, 32, generator=g), torch.randint(0, 10, (256,), generator=g)
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, labels), batch_size=128)
+
+
+def _conv_loss(model, batch):
+    return torch.nn.functional.cross_entropy(model(batch[0]), batch[1])
+
+
+def test_cached_models_do_not_depend_on_the_callers_thread_count(tmp_path):
+    """The same weights under 1 and 2 torch threads (lessons 07 and 11 quoted other figures with 2 threads):
+    `train_or_load` trains with one thread; plain `fit` shows that the thread count matters."""
+    from mmcourse.training import fit
+
+    config = TrainConfig(epochs=3, lr=1e-2, progress=False, device="cpu")
+    before = torch.get_num_threads()
+    plain, cached = {}, {}
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            torch.manual_seed(0)
+            model = _conv_model()
+            fit(model, _conv_loader(), config, loss_fn=_conv_loss)
+            plain[threads] = model.state_dict()
+            recipe = cache.Recipe("conv", _conv_model, {"threads_test": 1}, config, _conv_loader, {"n": 256},
+                                  loss_fn=_conv_loss)
+            model, _, _ = cache.train_or_load(recipe, cache=tmp_path / str(threads))
+            assert torch.get_num_threads() == threads  # the caller's setting is restored
+            cached[threads] = model.state_dict()
+    finally:
+        torch.set_num_threads(before)
+    assert any(not torch.equal(plain[1][k], plain[2][k]) for k in plain[1]), "2 threads no longer change the sums"
+    for k in cached[1]:
+        assert torch.equal(cached[1][k], cached[2][k]), k
+        assert torch.equal(cached[1][k], plain[1][k]), k  # and it is the one-thread (reference) model

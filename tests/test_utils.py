@@ -92,3 +92,42 @@ def test_an_unknown_device_name_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("MMCOURSE_DEVICE", "bogus")
     with pytest.raises(ValueError, match="unknown device 'bogus'"):
         get_device()
+
+
+def test_setup_notebook_defaults_to_the_reference_thread_count(capsys, monkeypatch):
+    """A learner's JupyterLab sets no thread variable: the lessons then run on the reference setup (one thread)."""
+    from mmcourse.utils import REFERENCE_THREADS
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("MMCOURSE_NUM_THREADS", raising=False)
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        torch.set_num_threads(2)
+        setup_notebook()
+        assert torch.get_num_threads() == REFERENCE_THREADS == 1
+        assert "threads=1," in capsys.readouterr().out
+        monkeypatch.setenv("MMCOURSE_NUM_THREADS", "2")  # asked for: honoured
+        setup_notebook(quiet=True)
+        assert torch.get_num_threads() == 2
+        assert setup_notebook(quiet=True, threads=1) is not None and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_torch_threads_sets_and_restores(monkeypatch):
+    from mmcourse.utils import torch_threads
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with torch_threads(1) as n:
+            assert n == 1 and torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError), torch_threads(1):
+            raise RuntimeError("restored even after an error")
+        assert torch.get_num_threads() == 2
+        for bad in (0, 1.5, True, "2"):
+            with pytest.raises(ValueError, match="num_threads must be an int >= 1"), torch_threads(bad):
+                pass
+    finally:
+        torch.set_num_threads(before)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import re
 import shutil
 import sys
 import time
@@ -32,6 +33,9 @@ STAMP_KEY = "mmcourse"  # cell.metadata["mmcourse"]["source_sha256"]: hash of th
 MAX_LESSON_BYTES = 1_000_000  # a committed lesson, outputs included
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 CELL_TIMEOUT = 600  # seconds; a lesson cell takes seconds to a minute
+# A line a progress bar (tqdm) writes as text where it cannot draw a widget: "training:  40%|####  | 160/400 [...]",
+# or the text stand-in of a widget that was never drawn ("HBox(children=(...))", "FloatProgress(value=0.0, ...)").
+PROGRESS_LINE = re.compile(r"^.*\d+%\|.*\|\s*\d+/\d+.*$|^\s*(HBox|VBox|FloatProgress|IntProgress)\(.*$")
 
 # The reference setup: what the test suite sets (tests/conftest.py, conftest.py), so the outputs
 # committed here are the outputs nbval compares.
@@ -95,7 +99,9 @@ def stale_cells(nb: nbformat.NotebookNode) -> list[str]:
 
 def clean_outputs(nb: nbformat.NotebookNode) -> None:
     """Make an executed notebook fit to commit: no widget state or widget views (without a kernel a
-    reader would see "Error displaying widget"), no execution timestamps (noise in every diff)."""
+    reader would see "Error displaying widget"), no progress-bar stubs (a bar's text lines, or the text
+    stand-in of a progress widget), no execution timestamps (noise in every diff); consecutive printed
+    text of one stream joined into one block, as nbval compares it."""
     nb.metadata.pop("widgets", None)
     for cell in nb.cells:
         if cell.cell_type != "code":
@@ -105,10 +111,18 @@ def clean_outputs(nb: nbformat.NotebookNode) -> None:
         for out in cell.outputs:
             if WIDGET_VIEW in out.get("data", {}):
                 continue
-            if out.output_type == "stream" and outputs and outputs[-1].output_type == "stream" \
-                    and outputs[-1].name == out.name:
-                outputs[-1].text += out.text  # one block of printed text, as nbval compares it
+            if out.output_type in ("display_data", "execute_result") and set(out.get("data", {})) == {"text/plain"} \
+                    and PROGRESS_LINE.match(str(out.data["text/plain"]).strip()):
                 continue
+            if out.output_type == "stream":
+                lines = re.split(r"[\r\n]", out.text)  # a text bar redraws itself after carriage returns
+                if "\r" in out.text or any(PROGRESS_LINE.match(line) for line in lines):
+                    out.text = "".join(line + "\n" for line in lines if line.strip() and not PROGRESS_LINE.match(line))
+                if not out.text:
+                    continue
+                if outputs and outputs[-1].output_type == "stream" and outputs[-1].name == out.name:
+                    outputs[-1].text += out.text  # one block of printed text, as nbval compares it
+                    continue
             outputs.append(out)
         cell.outputs = outputs
 
@@ -178,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="model cache for the run (default: build/course-cache)")
     parser.add_argument("--keep-cache", action="store_true", help="reuse the models already in --cache")
     parser.add_argument("--html", type=Path, default=None, help="also write HTML renderings to this folder")
+    parser.add_argument("--timeout", type=float, default=CELL_TIMEOUT,
+                        help=f"seconds of wall-clock time allowed per cell (default {CELL_TIMEOUT}; raise it on a busy machine)")
     args = parser.parse_args(argv)
     paths = args.paths or lessons()
     if args.check:
@@ -187,18 +203,19 @@ def main(argv: list[str] | None = None) -> int:
     from mmcourse.classroom.notebooks import NotebookCellError
 
     failures = 0
-    for path in paths:
+    for number, path in enumerate(paths, 1):
+        print(f"[{number}/{len(paths)}] {path}: running...", flush=True)
         before = set(args.cache.glob("*.pt"))
         try:
-            seconds, cpu = execute_lesson(path, cache=args.cache)
+            seconds, cpu = execute_lesson(path, cache=args.cache, timeout=args.timeout)
         except NotebookCellError as err:
             failures += 1
             print(f"FAILED {err}", file=sys.stderr)
             continue
         size = path.stat().st_size
         trained = sorted(p.name.rsplit("_", 1)[0] for p in set(args.cache.glob("*.pt")) - before)
-        print(f"{path}: {seconds:5.1f} s" + (f" ({cpu:.1f} s of CPU)" if cpu is not None else "") + f", {size / 1000:.0f} kB" + ("  (over the 1 MB limit!)" if size > MAX_LESSON_BYTES else "")
-              + (f"; trained and cached: {', '.join(trained)}" if trained else ""))
+        print(f"[{number}/{len(paths)}] {path}: {seconds:5.1f} s" + (f" ({cpu:.1f} s of CPU)" if cpu is not None else "") + f", {size / 1000:.0f} kB" + ("  (over the 1 MB limit!)" if size > MAX_LESSON_BYTES else "")
+              + (f"; trained and cached: {', '.join(trained)}" if trained else ""), flush=True)
         if args.html:
             from nbconvert import HTMLExporter
 

@@ -13,24 +13,34 @@ One module per data set, all `torch.utils.data.Dataset`s whose items are dicts
 - `noisy_pairs`: `Pairs`, fixed image–caption pairs with the truth about each, corrupted the ways
   crawled data is wrong (`mix_noise`, `corrupt`, `NOISE_KINDS`), and `rule_filter` (lesson 12);
   imported from `mmcourse.data.noisy_pairs`.
-- `loaders`: the split names, `make_collate(tokenizer)` (tokenizes captions into a batch) and
-  the shared `DataLoader` construction behind `digits_dataloaders` / `shapes_dataloaders`.
+- `audio`: `SpokenDigits`, synthetic spoken digits (source–filter vowels, one formant pair per
+  digit) generated at run time; `synthesize_digits`, `DIGIT_FORMANTS`, `SAMPLE_RATE`.
+- `video`: `DigitClips`, 8-frame clips of a digit moving left or right, appearing or
+  disappearing, in exactly time-reversed pairs; `make_clips`, `MOTIONS`.
+- `loaders`: the split names, `make_collate(tokenizer)` (tokenizes captions into a batch),
+  the shared `DataLoader` construction behind `digits_dataloaders` / `shapes_dataloaders`, and
+  `PerProcessGenerator`, the generator of seeded random transforms (its own stream in every
+  DataLoader worker and distributed rank).
 
 Everything is deterministic given `seed`. Training captions are drawn afresh each time an
-item is read (from torch's global generator, which `seed_everything` seeds), so a model sees
-many phrasings of each image; val and test captions are fixed per item.
+item is read (from torch's global generator, which `seed_everything` seeds and `DataLoader`
+reseeds in each worker from its own `generator`: workers draw differently, runs repeat), so a
+model sees many phrasings of each image; val and test captions are fixed per item.
 """
+from mmcourse.data.audio import DIGIT_FORMANTS, SAMPLE_RATE, SpokenDigits, synthesize_digits
 from mmcourse.data.digits import (CaptionedDigits, digit_augmentation, digits_dataloaders, load_digit_arrays,
                                   make_digits_splits)
-from mmcourse.data.loaders import SPLITS, make_collate
+from mmcourse.data.loaders import SPLITS, PerProcessGenerator, make_collate
 from mmcourse.data.faces import (EXPRESSIONS, MESSAGE_KINDS, MESSAGES, FacesSentiment, faces_corpus, render_faces,
                                  sentiment_label)
 from mmcourse.data.shapes import SHAPES_CLASSNAMES, Shapes, render_objects, shapes_dataloaders
+from mmcourse.data.video import MOTIONS, DigitClips, make_clips
 from mmcourse.data.vqa import (ANSWERS, QUESTION_TYPES, ShapesVQA, per_type_accuracy, question_prior_predictions,
                                vqa_corpus)
 
 __all__ = ["SPLITS", "SHAPES_CLASSNAMES", "CaptionedDigits", "Shapes", "digit_augmentation", "digits_dataloaders",
-           "load_digit_arrays", "make_collate", "make_digits_splits", "render_objects", "shapes_dataloaders",
+           "load_digit_arrays", "make_collate", "PerProcessGenerator", "make_digits_splits", "render_objects", "shapes_dataloaders",
            "ANSWERS", "QUESTION_TYPES", "ShapesVQA", "per_type_accuracy", "question_prior_predictions", "vqa_corpus",
            "EXPRESSIONS", "MESSAGE_KINDS", "MESSAGES", "FacesSentiment", "faces_corpus", "render_faces",
-           "sentiment_label"]
+           "sentiment_label", "DIGIT_FORMANTS", "SAMPLE_RATE", "SpokenDigits", "synthesize_digits", "MOTIONS",
+           "DigitClips", "make_clips"]

@@ -1,19 +1,36 @@
-"""What every data set shares: the split names, caption templates, and the collate function
-that tokenizes captions into a batch.
+"""What every data set shares: the split names, caption templates, the collate function
+that tokenizes captions into a batch, and seeded randomness that stays random in workers.
 
 `make_collate(tokenizer)` batches items into
 `{"image": (B, C, H, W), "input_ids": (B, L), "attention_mask": (B, L), "label": (B,),
 "index": (B,), "caption": list[str]}`; `_loaders` turns a dict of split datasets into
 (train, val, test) `DataLoader`s, train shuffled with a seeded generator.
+
+`PerProcessGenerator(seed)` is the `torch.Generator` of every seeded random transform (BERT
+masking in a collate function, ITM negatives, ...). A plain `torch.Generator().manual_seed(seed)`
+inside a collate function is *copied* into each `DataLoader` worker in the same state, so the
+workers draw the same numbers: with `num_workers=2`, batches 0 and 1 get the same masks. Torch
+reseeds its global generator in each worker (`base_seed + worker_id`, the base seed drawn from
+the loader's `generator` every epoch) but cannot know about generators a transform owns.
+`PerProcessGenerator.get()` therefore returns, in each process, its own generator: seeded with
+`seed` in the main process of rank 0 (so one process draws what `manual_seed(seed)` draws), and
+with (`seed`, the distributed rank, the worker's torch seed `get_worker_info().seed`) elsewhere.
+So workers and ranks differ, a new epoch's workers differ from the last epoch's, and a run with a
+seeded `DataLoader` (every loader of the course) repeats exactly. (Hugging Face's
+`DataCollatorForLanguageModeling(seed=...)` reseeds its workers with `seed + worker_id`, which
+repeats the same draws every epoch unless the workers are persistent.)
 """
 from __future__ import annotations
 
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 SPLITS = ("train", "val", "test")
+
+__all__ = ["SPLITS", "make_collate", "PerProcessGenerator"]
 _SPLIT_ID = {s: i for i, s in enumerate(SPLITS)}
 
 
@@ -87,3 +104,57 @@ def _loaders(datasets: dict[str, Dataset], tokenizer, batch_size: int, seed: int
         DataLoader(ds, batch_size=batch_size, shuffle=(split == "train"), collate_fn=collate,
                    num_workers=num_workers, generator=torch.Generator().manual_seed(seed) if split == "train" else None)
         for split, ds in datasets.items())
+
+
+# ------------------------------------------------------------------------------ seeded randomness
+class PerProcessGenerator:
+    """A seeded `torch.Generator` per process: the same draws from run to run, different draws in
+    each `DataLoader` worker, each distributed rank and each epoch's workers (see the module
+    docstring).
+
+    Args:
+        seed: a non-negative int.
+
+    Use `get()` at the moment of drawing (not in `__init__`: that runs in the main process):
+    `torch.bernoulli(p, generator=self.generator.get())`.
+
+    Raises:
+        ValueError: a seed that is not a non-negative int.
+    """
+
+    def __init__(self, seed: int):
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        self.seed = seed
+        self._key: tuple | None = None
+        self._generator: torch.Generator | None = None
+
+    @staticmethod
+    def process_key() -> tuple[int, int | None, int | None]:
+        """(distributed rank or 0, DataLoader worker id or None, the worker's torch seed or None)."""
+        import torch.distributed as dist
+
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        info = torch.utils.data.get_worker_info()
+        return (rank, None, None) if info is None else (rank, info.id, info.seed)
+
+    def seed_for(self, key: tuple[int, int | None, int | None]) -> int:
+        """The seed of the generator of the process with `process_key()` `key`."""
+        rank, worker, worker_seed = key
+        if rank == 0 and worker is None:
+            return self.seed
+        entropy = [self.seed, rank] + ([] if worker is None else [worker, worker_seed])
+        return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> 1)  # < 2**63
+
+    def get(self) -> torch.Generator:
+        """This process's generator (made on the first call in each process, then kept: its draws go on)."""
+        key = self.process_key()
+        if self._generator is None or key != self._key:
+            self._generator, self._key = torch.Generator().manual_seed(self.seed_for(key)), key
+        return self._generator
+
+    def __getstate__(self) -> dict:
+        return {"seed": self.seed, "_key": None, "_generator": None}  # a spawned worker starts its own
+
+    def __repr__(self) -> str:
+        return f"PerProcessGenerator(seed={self.seed})"

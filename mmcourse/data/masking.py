@@ -27,6 +27,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
+from mmcourse.data.loaders import PerProcessGenerator
+
 IGNORE_INDEX = -100  # labels at positions that are not predicted (F.cross_entropy's default ignore_index)
 
 __all__ = ["IGNORE_INDEX", "mask_tokens", "mask_selected", "maskable_positions", "special_token_ids", "MaskingCollator"]
@@ -173,8 +175,11 @@ class MaskingCollator:
             special ids), e.g. `default_tokenizer()`.
         mlm_probability, mask_replace_prob, random_replace_prob: see `mask_tokens`.
         with_images: stack the items' "image"s into the batch (False: text only).
-        seed: seed of the collator's own generator (None: torch's global generator, which
-            `fit` seeds, so training runs still repeat).
+        seed: seed of the collator's own draws (None: torch's global generator, which `fit`
+            seeds and `DataLoader` reseeds in each worker). The draws come from a
+            `PerProcessGenerator(seed)`: in `DataLoader` workers (`num_workers > 0`) and on
+            distributed ranks each process masks with its own stream, so batches never share
+            masks, and a run with a seeded `DataLoader` repeats exactly.
 
     Returns (when called on a list of items):
         `{"input_ids": (B, L) masked ids, "attention_mask": (B, L), "labels": (B, L) with -100
@@ -194,8 +199,14 @@ class MaskingCollator:
         if self.mask_replace_prob + self.random_replace_prob > 1:
             raise ValueError("mask_replace_prob + random_replace_prob must be <= 1")
         self.with_images = with_images
-        self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        self.seed = seed
+        self._generators = PerProcessGenerator(seed) if seed is not None else None
         self.special_ids = special_token_ids(tokenizer)
+
+    @property
+    def generator(self) -> torch.Generator | None:
+        """The generator this process masks with (None: torch's global one)."""
+        return None if self._generators is None else self._generators.get()
 
     def __call__(self, items: Sequence[Any]) -> dict[str, Any]:
         if not items:
@@ -220,7 +231,7 @@ class MaskingCollator:
 
     def __repr__(self) -> str:
         return (f"MaskingCollator(mlm_probability={self.mlm_probability}, mask_replace_prob={self.mask_replace_prob}, "
-                f"random_replace_prob={self.random_replace_prob}, with_images={self.with_images})")
+                f"random_replace_prob={self.random_replace_prob}, with_images={self.with_images}, seed={self.seed})")
 
 
 def special_token_ids(tokenizer: Any) -> list[int]:

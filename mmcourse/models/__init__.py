@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 
 _API = {
+    "audio": ["LogMelSpectrogram", "AudioEncoderConfig", "AudioEncoder", "mel_filterbank", "encode_audio", "bind_loss"],
     "captioner": ["IGNORE_INDEX", "CaptionerConfig", "MappingNetwork", "PrefixCaptioner", "caption_labels",
         "caption_loss"],
     "clip": ["Attention", "CrossAttention", "MLP", "Block", "text_attention_mask", "SmallCNN", "TinyViT",
@@ -31,6 +32,7 @@ _API = {
         "predict_masked", "cross_attention_weights"],
     "toy": ["ToyConfig", "ToyCLIP"],
 }
+_API["video"] = ["POOLINGS", "mean_pool_frames", "TemporalTransformer", "ClipClassifier"]  # lesson 13
 _WHERE = {name: module for module, names in _API.items() for name in names}
 __all__ = sorted(_WHERE)
 

@@ -11,7 +11,7 @@ import importlib
 
 _API = {
     "blockwise": ["blocked_clip_loss", "fused_clip_loss", "default_block_size"],
-    "distributed": ["world_info", "gather_with_grad", "local_loss_labels", "clip_loss_distributed",
+    "distributed": ["world_info", "gather_sizes", "gather_with_grad", "local_loss_labels", "clip_loss_distributed",
         "ring_shift", "siglip_loss_distributed", "DistributedContrastiveLoss"],
     "itm": ["ON_EMPTY", "same_caption_mask", "hard_negative_weights", "sample_hard_negatives",
         "build_itm_pairs", "itm_loss_fn"],

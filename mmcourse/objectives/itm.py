@@ -153,15 +153,19 @@ def itm_loss_fn(similarity: Callable[[dict], torch.Tensor], hard: bool = True,
         similarity: `similarity(batch) -> (B, B)` image-caption similarities used to draw the hard
             negatives (e.g. a frozen CLIP's logits, computed without gradient).
         hard: hard (ALBEF) or random negatives.
-        seed: seed of the negatives' generator (the draws repeat from run to run).
+        seed: seed of the negatives' generator (the draws repeat from run to run). It is a
+            `PerProcessGenerator`: on several distributed ranks (or inside a DataLoader worker)
+            each process draws its own negatives; one process draws what `manual_seed(seed)` draws.
     """
-    generator = torch.Generator().manual_seed(seed)
+    from mmcourse.data.loaders import PerProcessGenerator
+
+    generators = PerProcessGenerator(seed)
 
     def loss_fn(model: nn.Module, batch: dict) -> torch.Tensor:
         with torch.no_grad():
             sim = similarity(batch).detach().cpu()
         pairs = build_itm_pairs({k: batch[k] for k in ("image", "input_ids", "attention_mask", "caption")},
-                                sim, generator, hard)
+                                sim, generators.get(), hard)
         device = batch["image"].device
         logits = model(pairs["image"], pairs["input_ids"].to(device), pairs["attention_mask"].to(device))
         return F.cross_entropy(logits, pairs["label"].to(device))

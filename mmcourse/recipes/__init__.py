@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 
 _API = {
+    "audio": ["TARGETS", "audio_train_config", "paired_targets", "audio_recipe", "load_audio_encoder"],
     "cache": ["CACHE_VERSION", "cache_dir", "config_hash", "Recipe", "TrainedModel", "train_or_load",
         "clip_recipe"],
     "captioner": ["PretrainedCaptioner", "captioner_train_config", "load_captioner"],

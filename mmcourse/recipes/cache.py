@@ -30,6 +30,7 @@ from mmcourse.models.clip import CLIP, CLIPConfig
 from mmcourse.training.types import History, TrainConfig
 from mmcourse.training.loop import fit
 from mmcourse.training.checkpoint import load_checkpoint, save_atomic
+from mmcourse.utils import REFERENCE_THREADS, torch_threads
 
 
 CACHE_VERSION = 1  # bump when the saved format or the training code changes what a config means
@@ -114,7 +115,10 @@ def train_or_load(recipe: Recipe, *, cache: str | os.PathLike | None = None, for
 
     Loads `recipe`'s model from the cache if one with exactly this recipe's key was trained
     before; otherwise builds it, trains it with `mmcourse.training.fit` (resuming an interrupted
-    earlier attempt from its checkpoint) and caches its `state_dict()`. Two notebooks (or test
+    earlier attempt from its checkpoint) and caches its `state_dict()`. Training runs with one
+    torch thread (`mmcourse.utils.torch_threads`): the thread count changes the order of
+    floating-point sums (a convolution's weight gradient), so with it the trained weights and every
+    figure computed from them; with one thread the same model is trained on every machine. Two notebooks (or test
     workers) asking for the same model at once: the second waits for the first, then loads its
     result.
 
@@ -146,8 +150,9 @@ def train_or_load(recipe: Recipe, *, cache: str | os.PathLike | None = None, for
             return TrainedModel(model.eval(), History.from_dict(saved["history"]), path)
         if force:
             partial.unlink(missing_ok=True)
-        history = fit(model, recipe.make_loader(), train_config, loss_fn=recipe.loss_fn, val_fn=recipe.val_fn,
-                      callbacks=callbacks, checkpoint_path=partial, resume=True)
+        with torch_threads(REFERENCE_THREADS):  # the same weights whatever the caller's thread count
+            history = fit(model, recipe.make_loader(), train_config, loss_fn=recipe.loss_fn, val_fn=recipe.val_fn,
+                          callbacks=callbacks, checkpoint_path=partial, resume=True)
         if history.stopped == "interrupted":
             warnings.warn(f"training was interrupted; the next call resumes from {partial}", stacklevel=2)
             return TrainedModel(model.eval(), history, partial)

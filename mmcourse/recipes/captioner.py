@@ -25,12 +25,14 @@ class PretrainedCaptioner(NamedTuple):
 
 
 def captioner_train_config(dataset: str = "shapes", **changes):
-    """Shapes: 8 epochs (320 steps over the 5,000 scenes in batches of 128), peak learning rate 2e-3;
-    the loss ends within about 0.02 nats of where 15 epochs end. Digits: 40 epochs (400 steps over
-    1,257 images), as 8 epochs are only 80 steps."""
+    """Shapes: 3 epochs (120 steps over the 5,000 scenes in batches of 128), peak learning rate 2e-3:
+    about 10 s of CPU (frozen tower), and greedy captions already name colour and shape of nearly
+    every scene with a seen combination (8 epochs lower the loss from about 0.53 to 0.27 nats
+    per token and cost three times as long). Digits: 12 epochs (120 steps over 1,257 images,
+    about 9 s): the caption names the right digit for about 99% of the test digits."""
     from mmcourse.training.types import TrainConfig
 
-    epochs = {"shapes": 8, "digits": 40}[dataset]
+    epochs = {"shapes": 3, "digits": 12}[dataset]
     return replace(TrainConfig(epochs=epochs, lr=2e-3, weight_decay=0.01, warmup_fraction=0.05), **changes)
 
 

@@ -74,7 +74,7 @@ def vqa_towers(tokenizer=None) -> CLIPConfig:
 
 def vqa_train_config(**changes) -> TrainConfig:
     """6 epochs of batch 128 over 20,000 questions (940 steps), peak learning rate 3e-3."""
-    return replace(TrainConfig(epochs=6, lr=3e-3, weight_decay=0.05, warmup_fraction=0.05, progress=False), **changes)
+    return replace(TrainConfig(epochs=6, lr=3e-3, weight_decay=0.05, warmup_fraction=0.05), **changes)
 
 
 def load_vqa_model(fusion: str, from_clip: bool = False, balanced: bool = True, n_train: int = 20000,
@@ -133,7 +133,7 @@ def faces_towers(tokenizer=None) -> CLIPConfig:
 
 def sentiment_train_config(**changes) -> TrainConfig:
     """20 epochs of batch 128 over 4,000 posts (640 steps), peak learning rate 3e-3."""
-    return replace(TrainConfig(epochs=20, lr=3e-3, weight_decay=0.05, warmup_fraction=0.05, progress=False), **changes)
+    return replace(TrainConfig(epochs=20, lr=3e-3, weight_decay=0.05, warmup_fraction=0.05), **changes)
 
 
 def load_sentiment_model(fusion: str, n_train: int = 4000, train_config: TrainConfig | None = None,
@@ -162,7 +162,7 @@ def load_sentiment_model(fusion: str, n_train: int = 4000, train_config: TrainCo
 
 def itm_train_config(**changes) -> TrainConfig:
     """4 epochs of batch 64 over 10,000 two-object scenes (628 steps), peak learning rate 1e-3."""
-    return replace(TrainConfig(epochs=4, lr=1e-3, weight_decay=0.05, warmup_fraction=0.05, progress=False), **changes)
+    return replace(TrainConfig(epochs=4, lr=1e-3, weight_decay=0.05, warmup_fraction=0.05), **changes)
 
 
 def load_itm_model(hard: bool = True, n_train: int = 10000, train_config: TrainConfig | None = None,

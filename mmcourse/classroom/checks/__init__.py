@@ -1,6 +1,7 @@
 """Exercise checks that explain mistakes.
 
-`mmcourse.classroom.checks.core` is the framework; each assignment's checks live in their own module
+`mmcourse.classroom.checks.core` is the framework (split into `running`, `comparing`, `diagnosing` and
+`results`, one idea each; `core` re-exports them); each assignment's checks live in their own module
 (`infonce`, `data`, `clip`, `evaluation`, ...). Every public check is importable from here::
 
     from mmcourse.classroom.checks import check_info_nce
@@ -20,10 +21,14 @@ __all__ = ["CHECK_MIMETYPE", "Case", "CheckFailed", "CheckResult", "Property", "
            "check_value", "hint", "make_check", "run_check"]
 
 
+# The framework's own modules (see `core`): they hold no assignment's checks.
+FRAMEWORK_MODULES = frozenset({"core", "running", "comparing", "diagnosing", "results"})
+
+
 def _check_modules() -> list[str]:
     """Names of the per-assignment modules, in a fixed order."""
     return sorted(info.name for info in pkgutil.iter_modules(__path__)
-                  if info.name != "core" and not info.name.startswith("_"))
+                  if info.name not in FRAMEWORK_MODULES and not info.name.startswith("_"))
 
 
 def __getattr__(name: str):

@@ -40,7 +40,7 @@ def reference_decoder_mask(attention_mask: torch.Tensor, prefix_length: int) -> 
     return text_attention_mask(full, causal=True)
 
 
-def _mask_variant(causal="lower", padding=True, prefix=True):
+def _mask_variant(causal="lower", padding=True, prefix=True, query_rows=False):
     def wrong(attention_mask, prefix_length):
         B = attention_mask.shape[0]
         k = prefix_length if prefix else 0
@@ -49,7 +49,10 @@ def _mask_variant(causal="lower", padding=True, prefix=True):
         keys = full.bool()[:, None, None, :] if padding else torch.ones(B, 1, 1, n, dtype=torch.bool)
         tri = {"lower": torch.ones(n, n, dtype=torch.bool).tril(), "none": torch.ones(n, n, dtype=torch.bool),
                "upper": torch.ones(n, n, dtype=torch.bool).triu(), "strict": torch.ones(n, n, dtype=torch.bool).tril(-1)}
-        return (keys & tri[causal]).expand(B, 1, n, n)
+        out = (keys & tri[causal]).expand(B, 1, n, n)
+        if query_rows:  # padding rows all False as well
+            out = out & full.bool()[:, None, :, None]
+        return out
     return wrong
 
 
@@ -70,10 +73,15 @@ def check_decoder_mask(decoder_mask: Callable[..., Any], raise_on_fail: bool = T
         Variant(_mask_variant(padding=False), "padding is attended to: a padded key must be False in every row",
                 "combine the causal triangle with the (prefix + caption) attention mask as keys"),
         Variant(_mask_variant(prefix=False), "the mask covers the caption only: the decoder's sequence is the k "
-                "prefix tokens followed by the caption", "prepend k ones (prefix positions are always real)"),
+                "prefix tokens followed by the caption", "the prefix positions are real positions of the sequence"),
+        Variant(_mask_variant(query_rows=True), "the rows of padding queries are all False: the exercise keeps them "
+                "like any row (a padding position attends to the real positions before it) and masks padding only "
+                "as a key; an all-False row would make the softmax NaN", "padding decides columns, not rows"),
     ]
     return run_check("decoder_mask", decoder_mask, reference_decoder_mask, _mask_cases(), diagnoses,
                      success="causal over prefix and caption, padding never a key, on {n} cases",
+                     fallback_hint=("the index in the message is [b, 0, query i, key j]: is key j padding, and is "
+                                    "j <= i?", "write out the mask of the case's first caption by hand"),
                      raise_on_fail=raise_on_fail)
 
 
@@ -126,9 +134,10 @@ def check_caption_loss(caption_loss: Callable[..., Any], raise_on_fail: bool = T
     """Exercise 09.2: `caption_loss(logits (B, k+L, V), input_ids (B, L), attention_mask (B, L), k) -> ()`."""
     diagnoses = [
         Variant(_loss_variant(shift="none"), "off by one: the logits at position k + t predict token t + 1, so "
-                "token t is scored by the logits one position earlier", "score input_ids[:, t] with logits[:, k + t - 1]"),
+                "token t is scored by the logits one position earlier", ("the output at a position predicts the NEXT token", "the decoder reads k prefix vectors first: at which "
+                "position of its sequence is caption token t, and which output predicts it?")),
         Variant(_loss_variant(shift="prefix"), "the loss reads the prefix positions' outputs: the first L logits are "
-                "the prefix's, not the caption's", "the caption's predictions start at position k - 1"),
+                "the prefix's, not the caption's", "count where the caption starts in the decoder's sequence"),
         Variant(_loss_variant(ignore="id0"), "padding was found by its id (ignore_index=0, as ClipCap does): a real "
                 "token whose id is 0 is ignored too", "find padding with attention_mask == 0 and label it -100"),
         Variant(_loss_variant(ignore="none"), "padding is in the loss: the model is trained to predict [PAD] after [EOT]",
@@ -194,12 +203,14 @@ def check_greedy_decode(greedy_decode: Callable[..., Any], raise_on_fail: bool =
         Variant(_greedy_variant(stop=False), "a caption goes on after its [EOT]: once a row has produced [EOT], "
                 "the rest of it must be pad_token_id", "keep a (B,) bool `done` and write pad where it is True"),
         Variant(_greedy_variant(last_only=True), "only the last token was given to the model: it must see the whole "
-                "sequence so far (position t attends to 0..t)", "call step(context, seqs[:, :t + 1])"),
+                "sequence so far (position t attends to 0..t)", ("the model attends over every token so far, not only the newest", "which columns of your sequence tensor are filled at step t?")),
         Variant(lambda *args, **kwargs: reference_greedy_decode(*args, **kwargs)[:, 1:], "the [SOT] column is "
                 "missing: return (B, 1 + max_new_tokens) ids that start with [SOT]", "keep the start token in the result"),
     ]
     return run_check("greedy_decode", greedy_decode, reference_greedy_decode, _greedy_cases(), diagnoses,
                      success="same captions as greedy_search on {n} cases, stopping at [EOT] or the length limit",
+                     fallback_hint="the index in the message is [row, position]: print that row of your result and "
+                                   "the step's argmax at that position",
                      raise_on_fail=raise_on_fail)
 
 
@@ -254,19 +265,23 @@ def check_beam_step(beam_step: Callable[..., Any], raise_on_fail: bool = True) -
     -> (beam_index, token, new_scores)`, each (B, beam_width), best first."""
     diagnoses = [
         Variant(_beam_variant(normalise=False), "length normalisation forgotten: candidates must be ranked by "
-                "score / length ** length_penalty", "divide each candidate's sum by its new length ** length_penalty"),
+                "score / length ** length_penalty", "a candidate's ranking value uses its length AFTER this step"),
         Variant(_beam_variant(old_length=True), "normalised by the old length: a live candidate has one token more",
                 "a live beam's new length is lengths + 1; a finished beam's stays"),
         Variant(_beam_variant(per_beam=True), "the top-k was taken per beam: one beam may supply several of the best "
-                "candidates, so rank all beam x vocabulary candidates together", "reshape to (B, K * V), then topk"),
+                "candidates, so rank all beam x vocabulary candidates together", ("the K × V candidates of one input compete "
+                "in a single ranking", "flatten the beams and the vocabulary into one axis before choosing")),
         Variant(_beam_variant(extend_finished=True), "a finished beam was extended with new tokens: it must be kept "
-                "as it is (extended only by padding, at no cost)", "mask a finished beam's log-probs to -inf except "
-                "pad_token_id, which costs 0"),
+                "as it is (extended only by padding, at no cost)", ("a finished beam has exactly one candidate",
+                                                                "every other token of a finished beam must never be chosen")),
         Variant(_beam_variant(swap=True), "beam and token indices are mixed up: in the flattened (K * V) index, "
-                "beam = index // V and token = index % V", "divide and take the remainder by the vocabulary size V"),
+                "the beam is the slow index and the token the fast one", "write out the flat index of (beam 1, token 0) for V = 5"),
     ]
     return run_check("beam_step", beam_step, reference_beam_step, _beam_cases(), diagnoses,
                      success="the same beams, tokens and scores as the reference on {n} cases, finished beams kept",
+                     fallback_hint=("item 0 is beam_index, 1 is token, 2 is new_scores; index [b, r] is input b's r-th "
+                                    "best candidate", "list input b's candidates with their ranking values by hand "
+                                    "for the case named above"),
                      raise_on_fail=raise_on_fail)
 
 
@@ -320,7 +335,7 @@ def check_brevity_penalty(brevity_penalty: Callable[..., Any], raise_on_fail: bo
                 "computed once, from the corpus totals c and r", "sum the lengths first, then apply the formula"),
         Variant(_bp(_closest, formula="always"), "long captions were penalised too (or rewarded above 1): the "
                 "penalty is 1 when c > r", "return 1.0 when the hypotheses are longer"),
-        Variant(_bp(_closest, formula="inverted"), "the ratio is upside down: BP = exp(1 - r / c) for c <= r",
+        Variant(_bp(_closest, formula="inverted"), "the ratio is upside down: BLEU divides the reference length by the hypothesis length",
                 "r is the reference length, c the hypothesis length"),
     ]
     return run_check("brevity_penalty", brevity_penalty, reference_brevity_penalty, _bp_cases(), diagnoses,

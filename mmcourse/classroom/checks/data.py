@@ -145,7 +145,7 @@ _POOL_DIAGNOSES = [
     Variant(lambda x, m: x[:, 0], "takes the first position ([SOT]), which with causal attention has seen nothing",
             "read the vector at [EOT], the last real token"),
     Variant(lambda x, m: x[torch.arange(x.shape[0]), m.sum(-1).clamp(max=x.shape[1] - 1)],
-            "one position too far: attention_mask.sum(-1) is the first padding position",
+            "one position too far: the number of real tokens is the index of the first padding position",
             ('counting the real tokens gives the position AFTER the last one', 'positions start at 0')),
     Variant(_real_mean, "averages the real tokens (mean pooling) instead of reading the one at [EOT]",
             ('CLIP keeps a single vector per caption: the one at [EOT], not an average', 'index one position per row')),

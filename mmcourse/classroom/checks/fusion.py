@@ -75,7 +75,7 @@ def check_hard_negatives(sample: Callable[..., Any], raise_on_fail: bool = True)
     if not isinstance(out, torch.Tensor) or out.shape != (B,):
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         return finish(CheckResult(name, False, f"expected a (B,) = ({B},) tensor of caption indices, one per image, "
-                                  f"got {got}", "torch.multinomial(weights, 1) gives (B, 1): squeeze it"),
+                                  f"got {got}", "one caption index per image: a (B,) tensor, not (B, 1)"),
                       raise_on_fail)
     if out.is_floating_point() or out.dtype == torch.bool:
         return finish(CheckResult(name, False, f"the indices must be integers (torch.long), got {out.dtype}",
@@ -83,7 +83,7 @@ def check_hard_negatives(sample: Callable[..., Any], raise_on_fail: bool = True)
     if ((out < 0) | (out >= B)).any():
         return finish(CheckResult(name, False, f"indices must be caption numbers in [0, {B}), got {out.tolist()}: "
                                   f"did you sample from the flattened (B*B) matrix?",
-                                  "sample each row of the (B, B) weights: torch.multinomial(weights, 1)"),
+                                  "each row of the (B, B) weights is one distribution over captions: draw from each row"),
                       raise_on_fail)
     generator = torch.Generator().manual_seed(1)
     many = call_safely(lambda: torch.stack([sample(sim.clone(), same.clone(), generator) for _ in range(N_DRAWS)]),
@@ -96,7 +96,7 @@ def check_hard_negatives(sample: Callable[..., Any], raise_on_fail: bool = True)
     eye = torch.eye(B, dtype=torch.bool)
     if (draws.unique(dim=0).shape[0] == 1) and not (freq.max(1).values < 1).any():
         return finish(CheckResult(name, False, "every call returns the same negatives: you take the most similar "
-                                  "caption (argmax) instead of drawing one", "ALBEF samples: torch.multinomial(weights, 1)"),
+                                  "caption (argmax) instead of drawing one", "ALBEF samples from the weights; the most similar caption is only the most likely draw"),
                       raise_on_fail)
     if freq[eye].max() > 0:
         return finish(CheckResult(name, False, f"the positive caption was drawn as a negative (row {int(freq[eye].argmax())} "
@@ -114,7 +114,7 @@ def check_hard_negatives(sample: Callable[..., Any], raise_on_fail: bool = True)
         if abs(agree - (expected[0] * expected[1]).sum().item()) > 0.05:
             return finish(CheckResult(name, False, "each row follows the right distribution, but the rows are not "
                                       "drawn independently (two images get the same negative too rarely or too often)",
-                                      "one independent draw per row: torch.multinomial(weights, 1)"), raise_on_fail)
+                                      "one independent draw per row"), raise_on_fail)
         return finish(CheckResult(name, True, f"never the positive nor a duplicate; {N_DRAWS} draws follow the "
                                   f"softmax over the allowed captions (largest gap {(freq - expected).abs().max():.3f})"),
                       raise_on_fail)
@@ -128,13 +128,14 @@ def check_hard_negatives(sample: Callable[..., Any], raise_on_fail: bool = True)
     }
     for message, w in wrong.items():
         if (freq - w).abs().max() < TOLERANCE:
-            return finish(CheckResult(name, False, message, "weights = softmax of sim with forbidden entries at -inf, "
-                                      "dim=1; then one draw per row"), raise_on_fail)
+            return finish(CheckResult(name, False, message, (
+                "each image's weights are a softmax over the captions of its row, the forbidden ones excluded",
+                "then one independent draw per row")), raise_on_fail)
     distinct = (draws.sort(1).values.diff(dim=1) != 0).all(1).double().mean().item()
     if distinct > 0.99:
         return finish(CheckResult(name, False, "no two images ever get the same negative: the draws were made without "
                                   "replacement across rows; each image's draw must be independent of the others'",
-                                  "torch.multinomial(weights, 1): one draw from each row"), raise_on_fail)
+                                  "one draw from each row, with replacement across rows"), raise_on_fail)
     gap = (freq - expected).abs().max().item()
     return finish(CheckResult(name, False, f"the frequencies of your negatives do not follow softmax(sim) over the "
                               f"allowed captions (largest gap {gap:.2f})",
@@ -179,17 +180,20 @@ def check_gated_fusion(gated_fusion: Callable[..., Any], raise_on_fail: bool = T
 
     diagnoses = [
         Variant(_gmu_variant(swap=True), "the gate weighs the wrong modality: z multiplies the image term h_v and "
-                "(1 - z) the text term", "h = z * h_v + (1 - z) * h_t"),
+                "(1 - z) the text term", ("z is the weight of the IMAGE term", "read the GMU's formula again: which "
+                "term does z multiply, which does 1 - z?")),
         Variant(_gmu_variant(tanh=False), "the tanh is missing: h_v = tanh(W_v x_v), h_t = tanh(W_t x_t)",
                 "wrap each projection in torch.tanh"),
         Variant(_gmu_variant(gate="none"), "the gate is not squashed: z = sigmoid(W_z [x_v; x_t]) lies in (0, 1)",
-                "apply torch.sigmoid to fusion.gate(...)"),
+                "a gate is a weight between 0 and 1: which function maps any number there?"),
         Variant(_gmu_variant(gate="softmax"), "softmax makes the gates of all features compete; each feature has its "
                 "own gate in (0, 1)", "use torch.sigmoid, elementwise"),
         Variant(_gmu_variant(one_minus=False), "both terms use z: the text term must be weighted by (1 - z), so the "
-                "two weights sum to 1", "h = z * h_v + (1 - z) * h_t"),
+                "two weights sum to 1", ("the two weights of a convex combination add up to 1",
+                                                         "if the image term gets z, what is left for the text?")),
         Variant(_gmu_variant(mlp=True), "you returned the module's output, which adds an MLP after the GMU: return h "
-                "itself, computed from fusion.image_proj, fusion.text_proj and fusion.gate", "write out the three lines"),
+                "itself, computed from fusion.image_proj, fusion.text_proj and fusion.gate",
+                "build h from the module's three linear layers, as the formula does"),
     ]
     return run_check("gated_fusion", gated_fusion, reference_gated_fusion, cases(), diagnoses,
                      success="the GMU matches on {n} cases, including a batch of 1", raise_on_fail=raise_on_fail)
@@ -226,28 +230,89 @@ def _prior_ties_high(train_q, train_a, test_q):
     return torch.tensor([best(counts.get(q, overall)) for q in test_q], dtype=torch.long)
 
 
-def check_question_prior(question_prior: Callable[..., Any], raise_on_fail: bool = True) -> CheckResult:
-    """Exercise 08.3: `question_prior(train_questions, train_answers, test_questions) -> (N_test,) long`,
-    the most frequent training answer for each exact question (ties: the smallest answer index;
-    a question never seen in training: the most frequent training answer overall)."""
+def _prior_most_common(train_q, train_a, test_q):  # Counter.most_common: ties go to the answer seen first
+    from collections import Counter
+    counts: dict = {}
+    for q, a in zip(train_q, train_a.tolist()):
+        counts.setdefault(q, Counter())[a] += 1
+    overall = Counter(train_a.tolist())
+    return torch.tensor([counts.get(q, overall).most_common(1)[0][0] for q in test_q], dtype=torch.long)
+
+
+def _prior_unseen_zero(train_q, train_a, test_q):  # right, except an unseen question gets answer 0
+    seen = set(train_q)
+    ref = reference_question_prior(train_q, train_a, test_q)
+    return torch.where(torch.tensor([q in seen for q in test_q]), ref, 0)
+
+
+def _prior_unseen_first(train_q, train_a, test_q):  # right, except an unseen question gets the first training answer
+    seen = set(train_q)
+    ref = reference_question_prior(train_q, train_a, test_q)
+    return torch.where(torch.tensor([q in seen for q in test_q]), ref, int(train_a[0]))
+
+
+def _prior_cases() -> list[Case]:
+    """Each case exercises named clauses of the spec (its label says which):
+
+    | clause | cases |
+    |---|---|
+    | count the answers of each exact question separately | 1, 2, 3, 5 |
+    | the largest count wins (not the first or last answer seen) | 1, 2, 5 |
+    | ties go to the smallest answer index, whatever order the answers came in | 2, 3, 4 |
+    | an unseen question gets the most frequent answer overall | 1, 4 |
+    | ... with ties overall also going to the smallest index | 4 |
+    | output: (N_test,) long, in the order of test_questions | every case |
+    """
     train_q = ["is there a red circle?"] * 5 + ["how many shapes are there?"] * 4 + ["what colour is the cross?"] * 3
     train_a = torch.tensor([10, 11, 11, 10, 10, 12, 13, 13, 14, 2, 2, 0])
     test_q = ["how many shapes are there?", "is there a red circle?", "what colour is the cross?", "what is above the cross?"]
+    # ties within a question, the LARGER answer seen first (and last), so neither order gives the smallest
+    tie_q = ["is it red?"] * 4 + ["how many?"] * 6 + ["what shape?"] * 3
+    tie_a = torch.tensor([7, 3, 3, 7, 9, 5, 5, 9, 9, 5, 6, 4, 6])
+    tie_test = ["what shape?", "is it red?", "how many?"]
+    # the answers overall tie (4 and 1 twice each, 4 first): an unseen question must get 1
+    overall_q = ["a?", "a?", "b?", "b?", "c?"]
+    overall_a = torch.tensor([4, 1, 4, 1, 2])
     g = torch.Generator().manual_seed(83)
     big_q = [f"question {int(k)}?" for k in torch.randint(0, 6, (300,), generator=g)]
     big_a = torch.randint(0, 4, (300,), generator=g)
-    cases = [Case((train_q, train_a, test_q), {}, "12 training questions, an unseen test question"),
-             Case((big_q, big_a, big_q[:50]), {}, "300 random questions")]
+    return [Case((train_q, train_a, test_q), {}, "12 training questions, no ties, one unseen test question"),
+            Case((tie_q, tie_a, tie_test), {}, "answers of a question tie, the larger index seen first"),
+            Case((tie_q, tie_a, tie_test[::-1] + tie_test), {}, "the tied questions again, asked twice in another order"),
+            Case((overall_q, overall_a, ["a?", "z?"]), {}, "an unseen question when the answers overall tie "
+                 "(the larger index seen first)"),
+            Case((big_q, big_a, big_q[:50]), {}, "300 random questions, 6 distinct, answers 0-3")]
+
+
+def check_question_prior(question_prior: Callable[..., Any], raise_on_fail: bool = True) -> CheckResult:
+    """Exercise 08.3: `question_prior(train_questions, train_answers, test_questions) -> (N_test,) long`,
+    the most frequent training answer for each exact question (ties: the smallest answer index;
+    a question never seen in training: the most frequent training answer overall, ties alike).
+    The spec clauses each case exercises: `_prior_cases`."""
     diagnoses = [
         Variant(_prior_global, "you predicted the most frequent answer overall for every question: the baseline reads "
-                "the question, so count the answers of each question separately", "a Counter per question string"),
+                "the question, so count the answers of each question separately", "one count of answers per "
+                "question string"),
         Variant(_prior_first_seen, "you took the first answer seen for each question, not the most frequent one",
                 "count every answer of the question, then take the most common"),
-        Variant(_prior_ties_high, "ties are broken towards the larger answer index; take the smallest, as the reference",
-                "among the answers with the top count, min(...)"),
+        Variant(_prior_most_common, "ties are broken by the order the answers were seen (Counter.most_common keeps "
+                "the first one counted); the spec breaks ties towards the smallest answer index",
+                ("when two answers have the same count, the order in which they appeared must not matter",
+                 "collect every answer with the top count, then choose among them by index")),
+        Variant(_prior_ties_high, "ties are broken towards the larger answer index; the spec takes the smallest",
+                ("when two answers have the same count, the spec picks the smaller index",
+                 "collect every answer with the top count, then choose among them by index")),
+        Variant(_prior_unseen_zero, "a question never seen in training got answer 0: it must get the most frequent "
+                "training answer overall", "what do you predict when the question is not among your counts?"),
+        Variant(_prior_unseen_first, "a question never seen in training got the first training answer: it must get "
+                "the most frequent training answer overall", "what do you predict when the question is not among "
+                "your counts?"),
     ]
-    return run_check("question_prior", question_prior, reference_question_prior, cases, diagnoses,
+    return run_check("question_prior", question_prior, reference_question_prior, _prior_cases(), diagnoses,
                      success="matches the question-only baseline on {n} cases, ties and unseen questions included",
+                     fallback_hint=("the case named above says which clause of the spec it tests; the index in the "
+                                    "message is the test question whose answer differs",
+                                    "print the answers counted for that test question, and which you chose"),
                      raise_on_fail=raise_on_fail)
 
 
@@ -295,11 +360,14 @@ def check_tensor_fusion(tensor_fusion: Callable[..., Any], raise_on_fail: bool =
 
     diagnoses = [
         Variant(lambda x, y: torch.einsum("bi,bj->bij", x, y).flatten(1), "the appended 1s are missing: without them "
-                "the unimodal terms x_i and y_j (and the constant) are lost", "x1 = torch.cat([x, ones], dim=1)"),
+                "the unimodal terms x_i and y_j (and the constant) are lost", ("the 1 appended to each vector is what keeps "
+                "x_i and y_j themselves among the products", "extend each feature vector by one more entry before "
+                "the outer product")),
         Variant(lambda x, y: reference_tensor_fusion(y, x), "the order is text-major: put the image index first, "
-                "z[b, i, j] = x1[b, i] * y1[b, j]", "torch.einsum('bi,bj->bij', x1, y1)"),
+                "z[b, i, j] = x1[b, i] * y1[b, j]", ("flattening (E_v + 1, E_t + 1) row by row puts the image index "
+                "first", "which of your two inputs indexes the rows of the outer product?")),
         Variant(prepend, "the 1 goes at the end, [x; 1] as in Zadeh et al.: you have the same numbers in another order",
-                "torch.cat([x, ones], dim=1)"),
+                "where does the spec put the extra 1 of each vector?"),
         Variant(lambda x, y: torch.einsum("bi,bj->ij", torch.cat([x, x.new_ones(len(x), 1)], 1),
                                           torch.cat([y, y.new_ones(len(y), 1)], 1)).flatten()[None].expand(len(x), -1),
                 "you summed the outer products over the batch: each example gets its own", "keep the batch index b"),

@@ -99,24 +99,27 @@ def check_hf_clip_logits(fn: Callable[..., Any], raise_on_fail: bool = True) -> 
              Case(args=(model, *_clip_inputs(3, [6, 4, 5, 3, 8], seed=1)), label="3 images, 5 captions")]
     diagnoses = [
         Variant(_hf_variant(transpose=True), "you returned logits_per_text (B_txt, B_img): logits_per_image has "
-                "one row per image", "image_embeds @ text_embeds.T"),
-        Variant(_hf_variant(exp=False), "logit_scale is stored as a log: multiply by logit_scale.exp()",
+                "one row per image", "which of the two embeddings indexes the rows of logits_per_image?"),
+        Variant(_hf_variant(exp=False), "logit_scale is stored as a log: the scale that multiplies the similarities is its exponential",
                 "CLIPModel keeps log(1/τ), like the course's CLIP"),
         Variant(_hf_variant(normalize=False), "the embeddings are not L2-normalised before the dot product",
-                "CLIP scores cosine similarities: F.normalize(x, dim=-1) on both sides"),
+                "CLIP scores cosine similarities: both embeddings need length 1"),
         Variant(_hf_variant(exp=False, normalize=False), "no normalisation and logit_scale not exponentiated",
-                "normalise both embeddings, then multiply by logit_scale.exp()"),
+                ("cosine similarities need unit vectors", "and CLIPModel keeps log(1/τ), not 1/τ")),
         Variant(_hf_variant(text_pool="last"), "the text is pooled at the last position, which is padding for "
-                "short captions", "CLIP pools at the end-of-text token: text_model(...).pooler_output"),
+                "short captions", "CLIP's text tower already pools at the end-of-text token: read its output's fields"),
         Variant(_hf_variant(text_pool="mean"), "the text is mean-pooled: CLIP's text tower pools at the "
-                "end-of-text token", "text_model(...).pooler_output is the hidden state at [EOT]"),
+                "end-of-text token", "the text tower's output has a field that already holds the hidden state at [EOT]"),
         Variant(_hf_variant(vision_post_ln=False), "the image feature skips the vision tower's post_layernorm",
-                "vision_model(...).pooler_output is the CLS token after post_layernorm"),
+                "the vision tower's output has a field that already holds the CLS token after post_layernorm"),
         Variant(_hf_variant(project=False), "the pooled features are not projected into the joint space",
                 "apply visual_projection and text_projection (the course's image_projection/text_projection)"),
     ]
     return run_check("hf_clip_logits", fn, _reference_hf_logits, cases, diagnoses,
                      success="equals CLIPModel(...).logits_per_image on {n} batches, padding included",
+                     fallback_hint=("print the shapes after each step: pooled (B, width), projected (B, D), logits "
+                                    "(B_img, B_txt)", "compare each step with the course's CLIP of lessons 03-04: "
+                                    "pool, project, normalise, scale"),
                      raise_on_fail=raise_on_fail)
 
 
@@ -164,17 +167,17 @@ _SENTENCE_DIAGNOSES = [
             "padding too", "multiply by the attention mask before summing, and divide by the number of real tokens"),
     Variant(_sentence_variant(lambda x, m: (x * m).sum(1) / x.shape[1]),
             "you divided by the padded length L: divide by each sentence's number of real tokens",
-            "attention_mask.sum(dim=1) counts them"),
+            "the attention mask tells you how many tokens of each row are real"),
     Variant(_sentence_variant(_real_mean, never_normalize=True), "the mean is right but you forgot to normalise "
-            "it when normalize=True", "all-MiniLM-L6-v2 ends with Normalize: F.normalize(mean, dim=-1)"),
+            "it when normalize=True", "all-MiniLM-L6-v2 ends with a Normalize module: the pooled vector gets length 1"),
     Variant(_sentence_variant(_real_mean, always_normalize=True), "you normalised although normalize=False",
             "return the plain mean when normalize is False"),
     Variant(_sentence_variant(lambda x, m: x[:, 0]), "you took the first ([CLS]) token: this model was trained "
             "with MEAN pooling", "average the real tokens' hidden states"),
     Variant(_token_norm, "you normalised every token before pooling: normalise the mean, AFTER pooling",
-            "F.normalize(mean, dim=-1)"),
+            "the mean of unit vectors is shorter than 1: which vector must have length 1 at the end?"),
     Variant(_sentence_variant(_real_mean, norm_dim=0), "you normalised along the batch dimension: each "
-            "sentence's vector must have length 1", "F.normalize(mean, dim=-1)"),
+            "sentence's vector must have length 1", "over which dimension of (B, E) does one sentence's vector run?"),
 ]
 
 
@@ -183,6 +186,8 @@ def check_sentence_embedding(fn: Callable[..., Any], raise_on_fail: bool = True)
     the mean over real tokens, unit length when `normalize`."""
     return run_check("sentence_embedding", fn, reference_sentence_embedding, _sentence_cases(), _SENTENCE_DIAGNOSES,
                      success="mean over the real tokens, unit length when normalize=True, on {n} cases (E up to 384)",
+                     fallback_hint="the message names the case and the entry [sentence, feature] that differs: "
+                                   "average that sentence's real tokens by hand and compare",
                      raise_on_fail=raise_on_fail)
 
 
@@ -223,16 +228,19 @@ def check_eos_pool(fn: Callable[..., Any], raise_on_fail: bool = True) -> CheckR
     """Exercise 11.3: `fn(last_hidden_state (B, L, E), input_ids (B, L), eos_token_id) -> (B, E)`."""
     diagnoses = [
         Variant(_last_occurrence, "you took the LAST end-of-text token: when padding uses the same id (OpenAI's "
-                "tokenizer does), that is padding", "take the FIRST position where input_ids == eos_token_id"),
+                "tokenizer does), that is padding", ("CLIPTextModel pools at the FIRST end-of-text token",
+                                                     "which torch function returns the first position of a maximum?")),
         Variant(lambda x, ids, eos: x[torch.arange(ids.shape[0]), ids.argmax(-1)],
                 "you took the position of the largest id: that is the end-of-text token only when it has the "
                 "largest id in the vocabulary (the rule transformers keeps for old configs)",
                 "compare with eos_token_id instead"),
         Variant(lambda x, ids, eos: x[:, -1], "you took the last position, which is padding for short captions",
-                "find where input_ids == eos_token_id"),
+                "look for the end-of-text id in each row"),
     ]
     return run_check("eos_pool", fn, reference_eos_pool, _eos_cases(), diagnoses,
                      success="pools at the first end-of-text token on {n} batches, also when padding uses its id",
+                     fallback_hint="the case says how its rows are padded: find each row's first end-of-text id by "
+                                   "hand and compare with the row you read",
                      raise_on_fail=raise_on_fail)
 
 

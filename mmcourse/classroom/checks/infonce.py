@@ -73,18 +73,37 @@ def _info_nce_variants():
         Variant(lambda z, z_pos, temperature=0.07: _ce((_unit(z) @ _unit(z_pos).T / temperature).T),
                 "softmax over the wrong axis: each column (not each row) was normalised",
                 ('each anchor z_i picks among all z_j+: one softmax per ROW of the similarity matrix', 'which dimension of the (N, N) matrix indexes the candidates of one anchor?')),
-        # Properties test one feature each, so they still name a mistake when two are combined.
+        Variant(lambda z, z_pos, temperature=0.07: -_one_dir(z, z_pos, lambda a, b: cos(a, b) / temperature),
+                "the sign is flipped: you return the mean log-probability of the positives, which is minus the loss",
+                ("a loss is minimised: InfoNCE is MINUS the log of the positive's softmax probability",
+                 "look at the sign in front of your final average")),
+        Variant(lambda z, z_pos, temperature=0.07: _no_positive_in_denominator(z, z_pos, temperature),
+                "the denominator leaves out the positive: the sum in the formula runs over ALL N candidates j, the "
+                "positive j = i included",
+                ("the softmax is over every candidate of the row, the positive among them",
+                 "compare the range of j in your denominator with the formula's")),
+        # Properties state what was observed on an input built to show one feature (they name no
+        # cause a Variant has not confirmed), so they still say something true when mistakes combine.
         Property(lambda fn: _near(_on_identical(fn, 4), 4 * math.log(4)),
-                 "returns a sum, not a mean", "the formula has 1/N in front: average over the N anchors"),
-        Property(_tau_backwards, "temperature multiplied instead of divided: your loss grows when τ shrinks "
-                 "on well-aligned pairs", "the logits are similarity / τ"),
+                 "on 4 identical pairs your loss is 4·log 4, the SUM over the anchors (the mean is log 4)",
+                 "the formula has 1/N in front: average over the N anchors"),
+        Property(_tau_backwards, "on well-aligned pairs your loss is larger at τ = 0.05 than at τ = 1; InfoNCE's "
+                 "is smaller (a sharper softmax rewards the positive): look at how τ enters, and at the sign",
+                 ("the logits are similarity / τ, and the loss is minus a log-probability",
+                  "compute your loss by hand for one row with two candidates at τ = 1 and τ = 0.05")),
         Property(lambda fn: _not_scale_invariant(fn),
-                 "not normalised (the loss changes when you scale the inputs)",
+                 "your loss changes when the inputs are scaled (3·z and 0.5·z_pos): the similarities are not cosines",
                  ('sim is the COSINE similarity: it must not change when a vector gets longer', 'scale every row of z and z_pos to length 1 before the dot products (torch.nn.functional has a function for it)')),
         Property(lambda fn: _result_shape(fn) not in (None, ()),
-                 "wrong shape returned: the loss must be a scalar (shape ())",
+                 "your function returns a tensor that is not a scalar: the loss must have shape ()",
                  ('the formula returns one number: the 1/N Σ over anchors', 'reduce the (N,) per-anchor losses to their average')),
     ]
+
+
+def _no_positive_in_denominator(z, z_pos, temperature):
+    logits = _unit(z) @ _unit(z_pos).T / temperature
+    eye = torch.eye(len(z), dtype=torch.bool)
+    return (-logits.diagonal() + torch.logsumexp(logits.masked_fill(eye, float("-inf")), dim=1)).mean()
 
 
 def _near(value, target: float, tol: float = 1e-4) -> bool:
@@ -147,7 +166,7 @@ def check_info_nce_naive(info_nce, raise_on_fail: bool = True) -> CheckResult:
 
 def check_info_nce(info_nce, raise_on_fail: bool = True) -> CheckResult:
     """Exercise 01.3: InfoNCE that stays finite down to τ = 0.001 in float32."""
-    diagnoses = [Property(_unstable, "not stable at τ=0.01: exp(sim/τ) overflows; use logsumexp",
+    diagnoses = [Property(_unstable, "your loss is not finite at τ=0.01 on well-aligned float32 pairs: exp(sim/τ) ≈ e^100 exceeds float32's range",
                           ("never compute exp(sim/τ) itself: at τ = 0.01 it exceeds float32's range; work with logarithms throughout", 'log(e^{x_i} / Σ_j e^{x_j}) = x_i − log Σ_j e^{x_j}, and torch has a stable function for the last term (F.cross_entropy uses it too)'))]
     diagnoses += _info_nce_variants()
     return run_check("info_nce (stable)", info_nce, losses.info_nce, _info_nce_cases(stable=True), diagnoses,
@@ -195,9 +214,11 @@ def check_clip_loss(clip_loss, raise_on_fail: bool = True) -> CheckResult:
                                  + F.cross_entropy(s * t @ i.T, torch.arange(len(i)), reduction="sum")) / 2,
                 "returns a sum, not a mean", "average over the N pairs in each direction"),
         Property(lambda fn: _near(_on_identical(fn, 4, 10.0), 2 * math.log(4)),
-                 "you added the two directions instead of averaging", "divide the sum of the two cross-entropies by 2"),
+                 "on 4 identical pairs your loss is 2·log 4, the SUM of the two directions' log 4 (their average is "
+                 "log 4)", "divide the sum of the two cross-entropies by 2"),
         Property(lambda fn: any(_near(_on_identical(fn, 4, 10.0), k * math.log(4)) for k in (4, 8)),
-                 "returns a sum, not a mean", "average over the N pairs in each direction"),
+                 "on 4 identical pairs your loss is 4·log 4 or 8·log 4: summed over the pairs, not averaged",
+                 "average over the N pairs in each direction"),
         Property(_asymmetric, "your loss is not symmetric: swapping images and texts changes it",
                  "average the image→text and text→image cross-entropies"),
     ]

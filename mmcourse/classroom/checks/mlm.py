@@ -70,13 +70,13 @@ def check_mask_tokens(mask_tokens: Callable[..., Any], raise_on_fail: bool = Tru
     masked, labels = out
     if masked.shape != ids.shape or labels.shape != ids.shape:
         return fail(f"both tensors must have the shape of input_ids {tuple(ids.shape)}, got {tuple(masked.shape)} "
-                    f"and {tuple(labels.shape)}", "work on a copy of input_ids: masked = input_ids.clone()")
+                    f"and {tuple(labels.shape)}", "return tensors of the same shape as input_ids")
     if masked.is_floating_point() or labels.is_floating_point():
         return fail("the results must be integer token ids, got a float tensor",
                     "keep the dtype of input_ids (use torch.where or indexing, not arithmetic with floats)")
     if got.mutated:
         return fail("your function changed input_ids in place: the caller still needs the original ids",
-                    "start from masked = input_ids.clone()")
+                    "build the result in a new tensor; the caller's input_ids must stay as they were")
     masked, labels = masked.long(), labels.long()
     real = attn.bool()
     can = real & ~torch.isin(ids, torch.tensor(special))  # (B, L) positions that may be chosen
@@ -84,7 +84,7 @@ def check_mask_tokens(mask_tokens: Callable[..., Any], raise_on_fail: bool = Tru
     chosen = labels != IGNORE
     if chosen[~can].float().mean() > 0.5 or chosen[can].float().mean() > 0.5:
         return fail("labels are not -100 off the chosen positions: every position that is not a target must be "
-                    "-100, so the loss ignores it", "labels = input_ids.clone(); labels[~chosen] = -100")
+                    "-100, so the loss ignores it", "a label is the original id where a position was chosen, -100 everywhere else")
     if (chosen & ~real).any():
         return fail("padding positions were chosen: only real tokens (attention_mask 1) may be masked",
                     "set the probability of padding positions to 0 (use attention_mask)")
@@ -101,12 +101,12 @@ def check_mask_tokens(mask_tokens: Callable[..., Any], raise_on_fail: bool = Tru
         where = " (padding and special tokens included)" if (masked[~can] != ids[~can]).any() else ""
         return fail(f"{share:.1%} of the UNCHOSEN positions{where} were changed: the 10% random replacement was "
                     f"drawn from all positions; it must come from the chosen ones that did not become [MASK]",
-                    "combine the random draw with `& chosen & ~replaced`")
+                    "a random token may only land on a chosen position that did not become [MASK]")
     n_can = int(can.sum())
     n_chosen = int(chosen.sum())
     if n_chosen == 0:
         return fail("no position was chosen: about 15% of the real, non-special tokens must be",
-                    "draw torch.bernoulli of a (B, L) tensor of mlm_probability")
+                    "each real, non-special position is chosen independently with probability mlm_probability")
     if not torch.equal(labels[chosen], ids[chosen]):
         if torch.equal(labels[chosen], masked[chosen]):
             return fail("labels hold the corrupted ids ([MASK] or the random token): they must hold the ORIGINAL "
@@ -126,7 +126,7 @@ def check_mask_tokens(mask_tokens: Callable[..., Any], raise_on_fail: bool = Tru
     if not _within(m, n_chosen, 0.8 + 0.1 / V):
         if _within(m, n_chosen, 0.72):
             return fail(f"some [MASK] positions were overwritten by random tokens {shares}: the random draw must "
-                        "exclude the positions that already became [MASK]", "use `& ~replaced` in the random draw")
+                        "exclude the positions that already became [MASK]", "the random draw must skip positions already replaced")
         return fail(f"the share of [MASK] among the chosen positions is far from 80% {shares}",
                     "replace a chosen position by [MASK] with probability mask_replace_prob = 0.8")
     if _within(r, n_chosen, 0.02):
@@ -139,7 +139,7 @@ def check_mask_tokens(mask_tokens: Callable[..., Any], raise_on_fail: bool = Tru
     random_ids = masked[other]
     if random_ids.min() < 0 or random_ids.max() >= V:
         return fail("random replacements must be token ids in [0, vocab_size)",
-                    "torch.randint(vocab_size, shape)")
+                    "draw uniformly among the vocab_size ids")
     return finish(CheckResult(name, True, f"BERT's rule {shares}; padding, special tokens and unchosen positions "
                               "untouched; labels -100 off the targets"), raise_on_fail)
 
@@ -183,34 +183,78 @@ def _ce_plain(logits, labels):  # right, except NaN with no target
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
 
 
+def _with_grad(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn(logits, labels)` -> (loss, ∂loss/∂logits or None when the loss is not connected to the
+    logits): what the check compares, so a loss that `backward()` cannot reach the logits from fails."""
+    def outcome(logits, labels):
+        logits = logits.detach().clone().requires_grad_(True)
+        loss = fn(logits, labels)
+        if not (isinstance(loss, torch.Tensor) and loss.requires_grad):
+            return {"loss": loss, "gradient": None}
+        (grad,) = torch.autograd.grad(loss.sum(), logits, allow_unused=True)
+        return {"loss": loss.detach(), "gradient": grad}
+    outcome.__signature__ = __import__("inspect").signature(lambda logits, labels: None)
+    return outcome
+
+
+def _fresh_zero(logits, labels):  # right, except a new 0 (not on the graph) when nothing is chosen
+    if (labels != IGNORE).sum() == 0:
+        return torch.tensor(0.0, dtype=logits.dtype)
+    return mlm_loss(logits, labels)
+
+
 def check_mlm_loss(mlm_loss_fn: Callable[..., Any], raise_on_fail: bool = True) -> CheckResult:
     """Exercise 07.2: `mlm_loss(logits (B, L, V), labels (B, L)) -> scalar`, cross-entropy over the
-    positions whose label is not -100, averaged over them; 0 when there are none."""
+    positions whose label is not -100, averaged over them; 0 when there are none, still on the graph.
+
+    The check compares the loss AND its gradient with respect to the logits. Spec clauses and the
+    cases that exercise them: cross-entropy over the vocabulary (every case); only positions with
+    a label (cases 1-3, about 15-40% chosen); averaged over the chosen positions (cases 1-3, with
+    different shares chosen); a label of token 0 counted (every case has one); no chosen position
+    gives 0 (case 4) connected to the logits, so `backward()` reaches them (case 4, its gradient).
+    """
     cases = _loss_cases()
 
     def nan_on_empty(fn):  # right where something is chosen, NaN where nothing is
-        out = fn(torch.randn(2, 3, 5, dtype=torch.float64), torch.full((2, 3), IGNORE))
+        out = fn(torch.randn(2, 3, 5, dtype=torch.float64), torch.full((2, 3), IGNORE))["loss"]
         logits, labels = cases[0].args
-        right = fn(logits.clone(), labels.clone())
+        right = fn(logits.clone(), labels.clone())["loss"]
         return (isinstance(out, torch.Tensor) and bool(torch.isnan(out).any()) and isinstance(right, torch.Tensor)
                 and torch.allclose(right.double(), mlm_loss(logits, labels), rtol=1e-5))
 
+    def off_the_graph(fn):  # a batch WITH targets whose loss autograd cannot take back to the logits
+        out = fn(*cases[0].args)
+        return out["loss"] is not None and out["gradient"] is None
+
     diagnoses = [
-        Property(nan_on_empty, "a batch with no chosen position gives NaN (0 / 0): return 0 instead, still "
-                 "connected to the graph", ("count the chosen positions first; with none, there is nothing to average",
-                                            "a zero that still belongs to the graph: multiply something computed "
-                                            "from the logits by 0")),
-        Variant(_ce_all, "the -100 positions were counted as targets (of token 0): only the chosen positions have a "
-                "label", "leave -100 in the labels and let F.cross_entropy skip it (ignore_index=-100)"),
-        Variant(_ce_over_all_positions, "the sum over the chosen positions was divided by ALL positions: average "
-                "over the chosen ones only", "F.cross_entropy(..., ignore_index=-100) averages over the targets"),
-        Variant(_ce_sum, "the loss is summed, not averaged over the chosen positions",
-                "use the mean (F.cross_entropy's default reduction)"),
-        Variant(_ce_wrong_dim, "the softmax runs over the positions (dim 1), not over the vocabulary",
-                "flatten to (B*L, V) logits and (B*L,) labels, or use dim=-1"),
+        Property(nan_on_empty, "a batch with no chosen position gives NaN (0 / 0): the exercise asks for 0 there, "
+                 "still connected to the graph", ("count the chosen positions first; with none, there is nothing to "
+                                                  "average", "a zero that still belongs to the graph is computed "
+                                                  "from the logits")),
+        Property(off_the_graph, "on a batch with chosen positions your loss has no gradient with respect to the "
+                 "logits: it was cut off the graph on the way (a .detach(), .item() or torch.tensor(...)?), so "
+                 "backward() cannot train the model", "every step from the logits to the loss must be a torch "
+                 "operation on tensors that came from the logits"),
+        Variant(_with_grad(_fresh_zero), "with no chosen position you return a NEW zero tensor: it is not connected "
+                "to the logits, so loss.backward() cannot reach the model (the exercise asks for a 0 on the graph)",
+                ("a tensor made from a constant has no history: autograd cannot go back to the logits from it",
+                 "the zero must be computed from the logits themselves")),
+        Variant(_with_grad(_ce_all), "the -100 positions were counted as targets (of token 0): only the chosen "
+                "positions have a label", "F.cross_entropy can skip a label value of your choice: read its arguments"),
+        Variant(_with_grad(_ce_over_all_positions), "the sum over the chosen positions was divided by ALL positions: "
+                "average over the chosen ones only", "how many terms does your sum have, and what do you divide by?"),
+        Variant(_with_grad(_ce_sum), "the loss is summed, not averaged over the chosen positions",
+                "the loss is a mean over the chosen positions"),
+        Variant(_with_grad(_ce_wrong_dim), "the softmax runs over the positions (dim 1), not over the vocabulary",
+                "the probabilities of one position sum to 1 over the V tokens: which dimension is that?"),
     ]
-    return run_check("mlm_loss", mlm_loss_fn, mlm_loss, cases, diagnoses, rtol=1e-5, atol=1e-7,
-                     success="matches cross-entropy over the chosen positions on {n} batches, 0 when none is chosen",
+    return run_check("mlm_loss", _with_grad(mlm_loss_fn) if callable(mlm_loss_fn) else mlm_loss_fn,
+                     _with_grad(mlm_loss), cases, diagnoses, rtol=1e-5, atol=1e-7, forbid=[mlm_loss],
+                     success="loss and gradient match cross-entropy over the chosen positions on {n} batches; 0 on "
+                             "the graph when none is chosen",
+                     fallback_hint=("the loss is the mean, over the positions whose label is not -100, of minus the "
+                                    "log-softmax over the vocabulary at the label", "the case named above says which "
+                                    "batch differs: print your loss and F.cross_entropy's on it"),
                      raise_on_fail=raise_on_fail)
 
 
@@ -244,14 +288,16 @@ def check_masked_accuracy(masked_accuracy: Callable[..., Any], raise_on_fail: bo
 
     diagnoses = [
         Variant(over_all, "averaged over ALL positions: an unchosen position (label -100) is never right, so the "
-                "accuracy is too low", "keep only the positions with labels != -100"),
+                "accuracy is too low", "only the chosen positions (those with a label) count"),
         Variant(over_all_clamped, "the -100 positions were counted (as token 0): only chosen positions count",
-                "select t = labels != -100 first"),
+                "find the chosen positions from the labels first"),
         Variant(count, "that is the NUMBER of right predictions; return the fraction",
-                "divide by the number of chosen positions (or use .float().mean())"),
+                "a share is a count divided by how many positions were chosen"),
     ]
     return run_check("masked_accuracy", masked_accuracy, reference, cases, diagnoses, rtol=1e-5, atol=1e-6,
                      success="counts exactly the chosen positions on {n} batches",
+                     fallback_hint="the case names the batch: count by hand the chosen positions and the right ones "
+                                   "among them for its first row",
                      raise_on_fail=raise_on_fail)
 
 
@@ -331,11 +377,12 @@ def check_pseudo_log_likelihood(pll: Callable[..., Any], raise_on_fail: bool = T
 
     diagnoses = [
         Variant(variant(all_at_once=True), "every word was masked at once: the pseudo-log-likelihood masks ONE token "
-                "at a time and reads its probability given all the others", "loop over the positions t"),
+                "at a time and reads its probability given all the others", ("one forward pass per position: only that position is hidden", "how many forward passes does a caption "
+                "of L positions need?")),
         Variant(variant(include_special=True), "[SOT] and [EOT] were scored too: only real, non-special tokens count",
-                "skip positions whose id is in special_ids"),
+                "only real tokens whose id is not in special_ids are scored"),
         Variant(variant(include_pad=True, include_special=True), "padding positions were scored: only real tokens count",
-                "use attention_mask"),
+                "the attention mask says which positions are real"),
         Variant(variant(prob=True), "probabilities were summed: sum their LOGARITHMS (log_softmax)",
                 "log p(caption) ≈ Σ_t log p(x_t | rest)"),
         Variant(variant(mean=True), "that is the mean per token; the pseudo-log-likelihood is the SUM",
@@ -344,6 +391,9 @@ def check_pseudo_log_likelihood(pll: Callable[..., Any], raise_on_fail: bool = T
     return run_check("pseudo_log_likelihood", pll, reference_pseudo_log_likelihood, cases, diagnoses,
                      rtol=1e-4, atol=1e-4, timeout=60,
                      success="matches the one-token-at-a-time score on {n} cases, text-only and image-conditioned",
+                     fallback_hint=("the index in the message is the caption whose score differs (a 3-caption batch "
+                                    "with two padding columns); score its tokens one at a time by hand",
+                                    "for that caption, print t, the token, and the log-probability you add"),
                      raise_on_fail=raise_on_fail)
 
 

@@ -3,7 +3,10 @@
 * `check_local_loss_labels`: the labels of rank r's rows in open_clip's local loss;
 * `check_grad_cache_step`: one step of gradient caching on a small CLIP with dropout, compared
   parameter by parameter (logit_scale included) with `mmcourse.training.gradcache.grad_cache_step`;
-* `check_logit_memory`: the bytes of one process's logits with and without the local loss.
+* `check_logit_memory`: the bytes of one process's logits with and without the local loss;
+* `check_siglip_ring` (the transfer task): each rank's SigLIP loss when the texts travel around a
+  ring of W ranks (open_clip's `SigLipLoss` with `world_size > 1`, simulated in one process),
+  against the rows of the full batch's sigmoid loss.
 
 Each names the usual mistakes: the offset of the labels, forgetting `logit_scale`'s gradient,
 backpropagating each chunk's own loss instead of the cached gradients, not restoring the random
@@ -18,7 +21,8 @@ import torch
 
 from mmcourse.classroom.checks.core import Case, CheckResult, Property, Variant, finish, run_check
 
-__all__ = ["check_local_loss_labels", "check_grad_cache_step", "check_logit_memory", "reference_local_loss_labels",
+__all__ = ["check_local_loss_labels", "check_grad_cache_step", "check_logit_memory", "check_siglip_ring",
+           "reference_siglip_ring", "reference_local_loss_labels",
            "reference_grad_cache_step", "grad_cache_outcome", "LOGIT_MEMORY_SETTING"]
 
 
@@ -47,6 +51,8 @@ def check_local_loss_labels(local_loss_labels: Callable[..., Any], raise_on_fail
     ]
     return run_check("local_loss_labels", local_loss_labels, reference_local_loss_labels, cases, diagnoses,
                      success="labels right for {n} (n_local, rank) pairs, rank 0 included",
+                     fallback_hint="the case names n_local and the rank: write down which rows of the gathered batch "
+                                   "that rank holds",
                      raise_on_fail=raise_on_fail)
 
 
@@ -138,6 +144,24 @@ def grad_cache_outcome(step: Callable[..., Any]) -> Callable[[int, int], tuple]:
     return outcome
 
 
+def _named_outcome(step: Callable[..., Any]) -> Callable[[int, int], dict]:
+    """Like `grad_cache_outcome`, as a dict whose keys name what differs: the loss, logit_scale's
+    gradient, then each parameter's gradient by name (so a failure says which parameter)."""
+    def outcome(seed: int, chunk_size: int) -> dict:
+        model, batch = _setting(seed)
+        model.zero_grad()
+        torch.manual_seed(1000 + seed)  # the dropout masks
+        loss = step(model, batch, chunk_size)
+        out = {"the loss": torch.as_tensor(loss, dtype=torch.float64).detach().reshape(())}
+        scale = model.logit_scale.grad
+        out["logit_scale's gradient"] = scale.reshape(()) if scale is not None else torch.zeros(())
+        for name, p in model.named_parameters():
+            if name != "logit_scale":
+                out[f"the gradient of {name}"] = p.grad if p.grad is not None else torch.zeros_like(p)
+        return out
+    return outcome
+
+
 def check_grad_cache_step(grad_cache_step: Callable[..., Any], raise_on_fail: bool = True) -> CheckResult:
     """Exercise 10.2: `grad_cache_step(model, batch, chunk_size) -> loss`, accumulating into the
     parameters' `.grad` the gradient of the full batch's CLIP loss with each chunk's dropout masks."""
@@ -146,7 +170,7 @@ def check_grad_cache_step(grad_cache_step: Callable[..., Any], raise_on_fail: bo
     cases = [Case((0, 4), {}, "12 pairs in chunks of 4, dropout 0.2"), Case((1, 5), {}, "12 pairs in chunks of 5, 5, 2")]
 
     def wrong(**kw):
-        return grad_cache_outcome(lambda m, b, c: _grad_cache(m, b, c, **kw))
+        return _named_outcome(lambda m, b, c: _grad_cache(m, b, c, **kw))
 
     diagnoses = [
         Variant(wrong(scale_grad="never"), "logit_scale got no gradient: the loss depends on it too, and the second "
@@ -161,10 +185,15 @@ def check_grad_cache_step(grad_cache_step: Callable[..., Any], raise_on_fail: bo
                 "other masks than in the first, so the cached gradients belong to other embeddings",
                 "dropout draws from torch's generator: both passes over a chunk must start from the same state"),
     ]
-    return run_check("grad_cache_step", grad_cache_outcome(grad_cache_step), grad_cache_outcome(reference_grad_cache_step),
+    return run_check("grad_cache_step", _named_outcome(grad_cache_step), _named_outcome(reference_grad_cache_step),
                      cases, diagnoses, rtol=1e-7, atol=1e-10, timeout=30,
                      success="loss and the gradient of every parameter (logit_scale included) equal the library's "
-                             "on {n} batches with dropout")
+                             "on {n} batches with dropout",
+                     fallback_hint=("the message names what differs first (the loss, logit_scale's gradient or a "
+                                    "parameter's) and the case how the 12 pairs were chunked: with chunks 5, 5, 2 "
+                                    "the last chunk is shorter", "check that every row of the cache is used exactly "
+                                    "once, in the order of the chunks"),
+                     raise_on_fail=raise_on_fail)
 
 
 # ----------------------------------------------------------------------------- exercise 3: memory
@@ -211,3 +240,123 @@ def check_logit_memory(global_loss_bytes: Any, local_loss_bytes: Any, raise_on_f
     return finish(CheckResult("logit_memory", True, f"{b * n_all ** 2 / 2**30:.0f} GiB per process for the global loss, "
                               f"{2 * b * n * n_all / 2**20:.0f} MiB with the local loss ({n_all // (2 * n)}x less)"),
                   raise_on_fail)
+
+
+# ----------------------------------------------------------------------------- exercise 4: SigLIP on a ring (transfer)
+
+def reference_siglip_ring(image_shards, text_shards, logit_scale, logit_bias) -> torch.Tensor:
+    """(W,) each rank's share of the SigLIP loss: the rows of rank r's images in the full batch's
+    (N, N) sigmoid loss (Zhai et al., 2023), summed and divided by the rank's n.
+
+    Computed from the whole batch at once (not by passing shards around), so it is a reference for
+    the ring: the mean over ranks equals `mmcourse.losses.siglip_loss` of the concatenated batch.
+    """
+    import torch.nn.functional as F
+
+    images, texts = torch.cat(list(image_shards)), torch.cat(list(text_shards))
+    logits = logit_scale * images @ texts.T + logit_bias  # (N, N)
+    labels = 2 * torch.eye(len(images), dtype=logits.dtype) - 1
+    per_image = -F.logsigmoid(labels * logits).sum(1)  # (N,)
+    sizes = [len(x) for x in image_shards]
+    return torch.stack([rows.sum() / len(rows) for rows in per_image.split(sizes)])
+
+
+def _ring_variant(visitor_positives=False, own_negatives=True, divide="n", bias=True, labels01=False,
+                  visitors=True):
+    """The ring with one of the usual mistakes (for the diagnoses)."""
+    import torch.nn.functional as F
+
+    def wrong(image_shards, text_shards, logit_scale, logit_bias):
+        world = len(image_shards)
+        out = []
+        for rank in range(world):
+            images = image_shards[rank]
+            n = len(images)
+            total = images.new_zeros(())
+            steps = world if visitors else 1  # the own texts, then W - 1 visitors
+            for step in range(steps):
+                texts = text_shards[(rank - step) % world]
+                logits = logit_scale * images @ texts.T + (logit_bias if bias else 0.0)
+                eye = torch.eye(n, dtype=logits.dtype) if (step == 0 or visitor_positives) else 0.0
+                terms = -F.logsigmoid((eye if labels01 else 2 * eye - 1) * logits)  # labels01: 0/1 inside
+                if step == 0 and not own_negatives:
+                    terms = terms * torch.eye(n, dtype=logits.dtype)
+                total = total + terms.sum()
+            N = sum(len(x) for x in image_shards)
+            out.append(total / {"n": n, "N": N, "nN": n * N}[divide])
+        return torch.stack(out)
+    return wrong
+
+
+def _ring_cases() -> list[Case]:
+    import torch.nn.functional as F
+
+    def shards(world, n, d, seed):
+        g = torch.Generator().manual_seed(seed)
+        unit = lambda: F.normalize(torch.randn(n, d, generator=g, dtype=torch.float64), dim=-1)  # noqa: E731
+        images = [unit() for _ in range(world)]
+        texts = [F.normalize(x + 0.5 * unit(), dim=-1) for x in images]  # each caption near its image
+        return images, texts
+
+    return [Case((*shards(1, 3, 4, 0), 10.0, -10.0), {}, "one rank (no visitors), n=3, scale 10, bias -10"),
+            Case((*shards(2, 3, 4, 1), 10.0, -10.0), {}, "2 ranks of 3 pairs, scale 10, bias -10"),
+            Case((*shards(4, 2, 5, 2), 5.0, -2.0), {}, "4 ranks of 2 pairs, scale 5, bias -2"),
+            Case((*shards(3, 1, 3, 3), 1.0, 0.5), {}, "3 ranks of 1 pair, scale 1, bias 0.5")]
+
+
+def check_siglip_ring(siglip_ring_losses: Callable[..., Any], raise_on_fail: bool = True) -> CheckResult:
+    """Transfer task 10.4: `siglip_ring_losses(image_shards, text_shards, logit_scale, logit_bias) -> (W,)`,
+    each rank's SigLIP loss when every rank holds n pairs and the texts travel around the ring.
+
+    Spec clauses and the cases that exercise them: a rank's own texts give the positives (the
+    diagonal) and negatives (every case; case 1 has nothing else); each other rank's texts are
+    negatives only (cases 2-4); every other rank visits exactly once (cases 2-4: with W = 2, 3, 4 a
+    missing or repeated visit changes the sum); the sum is divided by the rank's n (cases 1-4: n
+    and N differ from case 2 on); the bias enters every logit (cases 1-4, bias -10 to 0.5); labels
+    are +1/-1 inside the log-sigmoid (every case).
+    """
+    diagnoses = [
+        Variant(_ring_variant(visitor_positives=True), "the visitors' diagonal was counted as positives: image i of "
+                "this rank and text i of ANOTHER rank are not a pair, only the rank's own texts hold its positives",
+                ("a positive is an image with ITS caption: which shard holds the captions of this rank's images?",
+                 "on a visit every label is -1")),
+        Variant(_ring_variant(own_negatives=False), "the rank's own texts gave only the positives: the other "
+                "captions of its own shard are negatives too", "every (image, text) pair is a binary problem, the "
+                "rank's own off-diagonal pairs included"),
+        Variant(_ring_variant_extra_pass(), "your own texts were counted twice: after W - 1 passes every other "
+                "rank has visited; one more pass brings your own texts back", "count the passes: W ranks, W - 1 of them "
+                "visitors"),
+        Variant(_ring_variant(visitors=False), "only the rank's own texts were scored: the other ranks' texts must "
+                "visit (as negatives)", "the ring passes the texts on W - 1 times"),
+        Variant(_ring_variant(divide="N"), "the rank's sum was divided by the global N: SigLIP divides each rank's "
+                "sum by its own n (so the mean over ranks is the full batch's loss)", "which batch size does one "
+                "rank know when it normalises?"),
+        Variant(_ring_variant(divide="nN"), "that is the mean over the rank's n × N pairs: SigLIP sums over the pairs "
+                "and divides by n only", "SigLIP's loss is a sum over texts, averaged over images"),
+        Variant(_ring_variant(bias=False), "logit_bias is missing: it is added to every logit",
+                "SigLIP's logit is scale × similarity + bias"),
+        Variant(_ring_variant(labels01=True), "the labels inside the log-sigmoid are 1 and 0: a negative's term "
+                "is then log 2 whatever its logit; SigLIP's labels are +1 for a pair and -1 otherwise",
+                ("a negative must be pushed: its term has to grow with its logit", "what is log σ(0 · logit)?")),
+    ]
+    return run_check("siglip_ring", siglip_ring_losses, reference_siglip_ring, _ring_cases(), diagnoses,
+                     rtol=1e-7, atol=1e-9,
+                     success="each rank's loss equals its rows of the full batch's sigmoid loss on {n} rings "
+                             "(1 to 4 ranks); their mean is siglip_loss of the whole batch",
+                     fallback_hint=("the case named above says how many ranks and pairs; work out rank 0's loss by "
+                                    "hand from the (N, N) matrix of the whole batch and compare",
+                                    "rank r's loss is the sum of its images' rows of that matrix, divided by n"),
+                     raise_on_fail=raise_on_fail)
+
+
+def _ring_variant_extra_pass():
+    """One pass too many: the rank's own texts come back and are scored again, as negatives."""
+    base = _ring_variant()
+
+    def wrong(image_shards, text_shards, logit_scale, logit_bias):
+        import torch.nn.functional as F
+
+        extra = torch.stack([-F.logsigmoid(-(logit_scale * im @ tx.T + logit_bias)).sum() / len(im)
+                             for im, tx in zip(image_shards, text_shards)])  # the own texts, again as negatives
+        return base(image_shards, text_shards, logit_scale, logit_bias) + extra
+    return wrong

@@ -123,11 +123,11 @@ def check_simplex_floor(simplex_floor, raise_on_fail: bool = True) -> CheckResul
                 "-1 (opposite the anchor): n > 2 unit vectors cannot all be opposite each other",
                 "the vectors of a regular simplex add up to zero: what does that force their mean similarity to be?"),
         Variant(named(lambda n, t: math.log1p((n - 1) * math.exp(-(1 + 1 / n) / t))), "the negatives' similarity "
-                "is −1/(n−1), not −1/n: of the n² terms of ‖Σ z_i‖², n are the vectors with themselves and n(n−1) are "
+                "is not −1/n: of the n² terms of ‖Σ z_i‖², n are the vectors with themselves and n(n−1) are "
                 "pairs of different vectors", ("expand ‖Σ z_i‖² = Σ_i Σ_j z_i·z_j and count the terms with i ≠ j",
                                                "0 = n + n(n−1)·s⁻")),
         Variant(named(lambda n, t: math.log1p((n - 1) * math.exp(-1 / t))), "you put every negative at similarity 0 "
-                "(orthogonal): the simplex does better, at -1/(n-1)",
+                "(orthogonal): n unit vectors can be spread further apart than that",
                 "the vectors of a regular simplex add up to zero: what does that force their mean similarity to be?"),
         Variant(named(lambda n, t: math.log(n - 1) - (1 + 1 / (n - 1)) / t), "the positive's own term is missing "
                 "from the denominator: the softmax runs over all n candidates, the positive included",

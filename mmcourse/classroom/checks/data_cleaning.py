@@ -121,7 +121,7 @@ def check_choose_threshold(student, raise_on_fail: bool = True) -> CheckResult:
                  "the noise share can go up and down again as the threshold falls: check every cut")),
         Variant(_threshold_with("float32"), "your share of noise is compared without slack: in float32, 1/5 is "
                 "0.2000000030 > 0.2, so a cut that meets the target exactly is rejected",
-                ("floating-point shares are rounded", "allow max_noise + 1e-6")),
+                ("floating-point shares are rounded", "allow a tolerance of about a millionth")),
         Variant(_threshold_with("ties"), "your threshold cuts through tied scores: a threshold t keeps EVERY pair "
                 "scoring >= t, so the noise share must be counted with all of them",
                 ("pairs with the same score are kept or dropped together", "only the last pair of a run of ties is a possible cut")),

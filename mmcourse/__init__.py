@@ -77,6 +77,9 @@ _API = {
     "evaluation.data_filtering": ["clip_scores", "top_fraction", "choose_threshold", "near_duplicates"],
     "objectives.multi_positive": ["multi_positive_clip_loss"],
     "recipes.data_cleaning": ["train_on_pairs"],
+    "models.assistant": ["AssistantConfig", "VisualAssistant", "DecoderLM", "Projector", "assistant_labels",
+        "assistant_loss", "merge_image_features", "answer_questions"],
+    "recipes.assistant": ["load_assistant"],
 }
 # lesson 13: audio and video
 _API["data"] = _API["data"] + ["SpokenDigits", "DigitClips"]

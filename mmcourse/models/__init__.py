@@ -12,6 +12,8 @@ import importlib
 
 _API = {
     "audio": ["LogMelSpectrogram", "AudioEncoderConfig", "AudioEncoder", "mel_filterbank", "encode_audio", "bind_loss"],
+    "assistant": ["AssistantConfig", "DecoderLM", "Projector", "VisualAssistant", "expand_image_tokens",
+        "merge_image_features", "assistant_labels", "assistant_loss", "answer_questions", "set_trainable"],
     "captioner": ["IGNORE_INDEX", "CaptionerConfig", "MappingNetwork", "PrefixCaptioner", "caption_labels",
         "caption_loss"],
     "clip": ["Attention", "CrossAttention", "MLP", "Block", "text_attention_mask", "SmallCNN", "TinyViT",

@@ -73,6 +73,10 @@ _API = {
     "data.masking": ["mask_tokens", "mask_selected", "MaskingCollator"],
     "models.mlm": ["MLMConfig", "MaskedLanguageModel", "mlm_loss_fn"],
     "recipes.mlm": ["load_text_mlm", "load_image_mlm", "load_few_pair_clip"],
+    "data.noisy_pairs": ["Pairs", "clean_pairs", "corrupt", "mix_noise", "rule_filter"],  # lesson 12
+    "evaluation.data_filtering": ["clip_scores", "top_fraction", "choose_threshold", "near_duplicates"],
+    "objectives.multi_positive": ["multi_positive_clip_loss"],
+    "recipes.data_cleaning": ["train_on_pairs"],
     "models.assistant": ["AssistantConfig", "VisualAssistant", "DecoderLM", "Projector", "assistant_labels",
         "assistant_loss", "merge_image_features", "answer_questions"],
     "recipes.assistant": ["load_assistant"],

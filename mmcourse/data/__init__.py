@@ -10,6 +10,9 @@ One module per data set, all `torch.utils.data.Dataset`s whose items are dicts
   question alone does not give the answer away; `question_prior_predictions`, `per_type_accuracy`.
 - `faces`: `FacesSentiment`, drawn faces with short messages, labelled kind or mean; the label
   needs both modalities on its confounded part.
+- `noisy_pairs`: `Pairs`, fixed image–caption pairs with the truth about each, corrupted the ways
+  crawled data is wrong (`mix_noise`, `corrupt`, `NOISE_KINDS`), and `rule_filter` (lesson 12);
+  imported from `mmcourse.data.noisy_pairs`.
 - `audio`: `SpokenDigits`, synthetic spoken digits (source–filter vowels, one formant pair per
   digit) generated at run time; `synthesize_digits`, `DIGIT_FORMANTS`, `SAMPLE_RATE`.
 - `video`: `DigitClips`, 8-frame clips of a digit moving left or right, appearing or

@@ -12,6 +12,8 @@ _API = {
     "analysis": ["image_text_similarity", "modality_gap", "occlusion_map", "expected_calibration_error"],
     "caption_metrics": ["CLIP_SCORE_WEIGHT", "coco_tokenize", "corpus_bleu", "cider", "clip_score",
         "ref_clip_score", "meteor", "tokenize_captions", "java_available", "CaptionScore"],
+    "data_filtering": ["clip_scores", "top_fraction", "choose_threshold", "Duplicates", "near_duplicates",
+        "downstream_scores"],
     "ptb_tokenizer": ["ptb_tokenize"],
     "probes": ["encode_dataset", "ImageClassifier", "classification_loss", "classifier_accuracy",
         "LinearProbe", "linear_probe"],

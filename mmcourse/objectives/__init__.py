@@ -15,6 +15,8 @@ _API = {
         "ring_shift", "siglip_loss_distributed", "DistributedContrastiveLoss"],
     "itm": ["ON_EMPTY", "same_caption_mask", "hard_negative_weights", "sample_hard_negatives",
         "build_itm_pairs", "itm_loss_fn"],
+    "multi_positive": ["positives_from_labels", "positives_from_captions", "multi_positive_clip_loss",
+        "multi_positive_loss_fn", "false_negative_stats"],
     "losses": ["info_nce", "clip_loss", "siglip_loss", "alignment", "uniformity", "ClipLoss", "SigLipLoss"],
 }
 _WHERE = {name: module for module, names in _API.items() for name in names}

@@ -17,6 +17,8 @@ _API = {
     "clip": ["DEFAULT_SHAPES_HOLDOUT", "PretrainedCLIP", "digits_clip_config", "digits_train_config",
         "shapes_clip_config", "shapes_train_config", "zero_shot_val_fn", "load_digits_clip",
         "load_shapes_clip"],
+    "data_cleaning": ["TrainedOnPairs", "cleaning_clip_config", "cleaning_train_config", "pairs_loader",
+        "pairs_recipe", "train_on_pairs", "load_judge"],
     "fusion": ["VQA_HOLDOUT", "fusion_tokenizer", "vqa_towers", "vqa_train_config", "load_vqa_model",
         "faces_towers", "sentiment_train_config", "load_sentiment_model", "itm_train_config",
         "load_itm_model"],

@@ -31,6 +31,7 @@ GIVEN_IN_THE_TEXT = {
     ("01_infonce.ipynb", "logit_scale * image_emb @ text_emb.T"): "the spec defines the logit matrix",
     ("07_masked_language_modeling.ipynb", "model(ids, attention_mask, image=image)"): "the API the exercise hands over",
     ("10_scaling.ipynb", "logit_scale * all_images @ all_texts.T"): "exercise 3 defines the matrices it asks about",
+    ("13_audio_and_video.ipynb", "1 + f / 700"): "the spec defines the HTK mel scale (inverting it is the exercise)",
 }
 
 

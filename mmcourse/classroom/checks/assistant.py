@@ -133,7 +133,7 @@ def check_projector(projector: Callable[..., Any], raise_on_fail: bool = True) -
                 "layers: two linear maps in a row are one linear map (LLaVA's first, linear projector)",
                 "apply GELU between the layers"),
         Variant(lambda x, w1, b1, w2, b2: F.linear(F.gelu(F.linear(x, w1)), w2), "the biases are missing",
-                "each layer is x @ w.T + b"),
+                "an nn.Linear layer is affine: its weight product, then its bias added"),
         Variant(lambda x, w1, b1, w2, b2: F.gelu(F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2)), "GELU after the "
                 "second layer too: the output must be free to take any sign and size, like a token embedding",
                 "the second layer is linear"),
@@ -217,7 +217,7 @@ def check_where_turns(where_turns: Callable[..., Any], raise_on_fail: bool = Tru
                 "phrase: exact match needs the corner name alone ('top left')", "answer with the corner only"),
         Variant(lambda objs: [(f"where is the {c} {s}?", k) for c, s, k, z in objs], "the question names the colour "
                 "too: the new type asks by shape alone, as 'what colour is the circle?' does",
-                "ask 'where is the {shape}?'"),
+                "ask by the shape word only, as the lesson's other shape questions do"),
     ]
     return run_check("where_turns", where_turns, reference_where_turns, _where_cases(), diagnoses,
                      success="one 'where is the ...?' turn per object, answered with its corner, on {n} scenes",

@@ -74,8 +74,9 @@ def check_mel_filterbank(mel_filterbank: Callable[..., Any], raise_on_fail: bool
         Variant(_fb_variant(area=True), "your filters are area-normalised (Slaney's norm): here each triangle "
                 "peaks at 1 (norm=None)", "drop the 2 / (right - left) factor"),
         Variant(_fb_variant(inverse="exp"), "your mel-to-Hz conversion does not invert your Hz-to-mel one: "
-                "2595 log10(1 + f/700) is undone by 700 (10^(m/2595) - 1), not by exp", "convert a frequency there "
-                "and back and compare"),
+                "the HTK mel scale takes a base-10 logarithm, which exp (the inverse of the natural log) does not "
+                "undo", ("convert a frequency there and back and compare",
+                         "solve m = mel(f) for f step by step: which function undoes log10?")),
         Property(lambda fn: tuple(fn(129, 32, 0.0, 4000.0, 8000).shape) == (32, 129),
                  "the result is transposed: rows are frequency bins (n_freqs, n_mels), so fb.T @ power gives mels",
                  "transpose it"),

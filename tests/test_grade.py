@@ -24,6 +24,7 @@ import nbformat
 import pytest
 
 import mmcourse.grade as grade
+from importlib import import_module
 from conftest import ROOT
 from mmcourse.checks.core import CHECK_MIMETYPE
 from mmcourse.exercises import make_exercise, normalise_solution
@@ -208,8 +209,8 @@ def graded(tmp_path_factory):
     write_submissions(root)
     before = digest(root)
     mp = pytest.MonkeyPatch()
-    mp.setattr(grade, "PROBE_TIMEOUT", 2)  # zed's kernel ignores interrupts: give up on it quickly
-    mp.setattr(grade, "IOPUB_TIMEOUT", 4)  # (and on its idle message)
+    mp.setattr(import_module("mmcourse.grade.execute"), "PROBE_TIMEOUT", 2)  # zed's kernel ignores interrupts
+    mp.setattr(import_module("mmcourse.grade.execute"), "IOPUB_TIMEOUT", 4)  # (and on its idle message)
     mp.delenv("MMCOURSE_CHECK_TIMEOUT", raising=False)
     log = io.StringIO()
     try:
@@ -383,6 +384,46 @@ def _assignment_01_submissions(root):
     hang.cells.insert(after, nbformat.v4.new_code_cell("clip_loss(torch.randn(4, 3), torch.randn(4, 3), 10.0)"))
     for name, nb in [("hang", hang), ("libref", libref), ("noop", noop), ("skip", skip)]:
         nbformat.write(nb, str(root / f"{name}.ipynb"))
+    first = next(c.source for c in ex.cells if c.id == "83661cc0")
+    for name, code in CHEATS_01.items():
+        nbformat.write(variant(**{"83661cc0": code + "\n" + first}), str(root / f"{name}.ipynb"))
+
+
+# The issue's cheats and their siblings: each on the handed-out exercise, every answer left blank
+# or wrong, so an honest grader gives 0.
+_SUBCLASS = """import torch
+class Liar(torch.Tensor):
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if getattr(func, '__name__', '') in ('allclose', 'equal', 'isclose', '__eq__', 'eq'):
+            return True
+        return super().__torch_function__(func, types, args, kwargs or {})
+class Zero(float):
+    def __sub__(self, other): return 0.0
+    def __rsub__(self, other): return 0.0
+    def __eq__(self, other): return True
+    __hash__ = float.__hash__
+"""
+CHEATS_01 = {
+    "allclose": "import torch\ntorch.allclose = lambda *a, **k: True\ntorch.testing.assert_close = lambda *a, **k: None\n"
+                "torch.isclose = lambda a, b, *x, **k: torch.ones_like(torch.as_tensor(a), dtype=torch.bool)",
+    "sysmodules": "import sys, mmcourse.checks, mmcourse.checks.core as _c\n_ok = lambda *a, **k: _c.CheckResult('x', True, 'ok')\n"
+                  "for _m in list(sys.modules.values()):\n    for _n in dir(_m) if getattr(_m, '__name__', '').startswith('mmcourse.checks') else []:\n"
+                  "        if _n.startswith('check_') or _n in ('run_check', 'compare', 'check_value'):\n            setattr(_m, _n, _ok)\n"
+                  "_c.compare = lambda *a, **k: None",
+    "transformer": "get_ipython().input_transformers_post.append(lambda lines: ['pass\\n'] if any('check_' in l for l in lines) "
+                   "else lines)",
+    "solutions_file": "import json, os, pathlib, mmcourse\n_roots = [pathlib.Path(mmcourse.__file__).parents[1], "
+                      "pathlib.Path(os.path.realpath(f'/proc/{os.getppid()}/cwd')), pathlib.Path(os.getcwd()).parent]\n"
+                      "for _r in _roots:\n    for _p in list(_r.glob('solutions/01_*.ipynb')) + list(_r.glob('**/solutions/01_*.ipynb'))[:1]:\n"
+                      "        for _cell in json.load(open(_p))['cells']:\n            if _cell['cell_type'] == 'code' and 'BEGIN SOLUTION' in ''.join(_cell['source']):\n"
+                      "                exec(''.join(_cell['source']))",
+    "subclass": _SUBCLASS + "info_nce_formula = clip_loss = info_nce = siglip_loss = lambda *a, **k: Liar(torch.zeros(()))\n"
+                "info_nce_grad = lambda sim, temperature: Liar(torch.zeros_like(sim))\nrow_sums_answer = Zero(0.0)",
+    "library": "from mmcourse.losses import info_nce as _i, clip_loss as _c, siglip_loss as _s\n"
+               "info_nce_formula = info_nce = _i\nclip_loss = _c\nsiglip_loss = _s\n"
+               "from mmcourse.checks import infonce as _ci\ninfo_nce_grad = getattr(_ci, 'reference_info_nce_grad', None)",
+}
 
 
 @pytest.fixture(scope="module")
@@ -414,6 +455,7 @@ def test_issue_cheats_on_assignment_01_get_no_points(graded_01):
         points[r["student"]] = points.get(r["student"], 0) + int(r["points"] or 0)
     graded = _graded_cells("01")
     assert points["noop"] == 0 and points["skip"] == 0
+    assert {name: points[name] for name in CHEATS_01} == dict.fromkeys(CHEATS_01, 0)
     assert points["libref"] == graded - 1  # every exercise solved by hand passes, the library call does not
     noop = [r for r in graded_01["rows"] if r["student"] == "noop"]
     assert len(noop) == graded and all(r["passed"] == "no" for r in noop)
@@ -494,7 +536,8 @@ def test_prepare_restores_graded_cells_whole_and_in_place():
     assert nb.cells[4].source == "print('my own test')" and nb.cells[5].id == "check-double"
     assert [c.id for c in nb.cells][6:] == ["task-mean", "mean", "check-mean", "hidden-mean", "why-len"]
     by_id = {c.id: c for c in nb.cells}
-    assert by_id["check-double"].source == cells[0].source and by_id["hidden-mean"].source == cells[2].source
+    assert by_id["check-double"].source == cells[0].source and by_id["hidden-mean"].source == "# Hidden tests"[:0] + \
+        import_module("mmcourse.grade.prepare")._visible_part(cells[2].source)
     assert by_id["hidden-mean"].cell_type == "code" and by_id["hidden-mean"].metadata == cells[2].cell.metadata
     assert prepared.inserted == {id(by_id["check-mean"])}
 
@@ -509,16 +552,6 @@ def test_prepare_moves_a_graded_cell_back_under_its_exercise():
     prepared = grade.prepare(nb, grade.grade_cells(solution), _keys(solution))
     assert prepared.restored == {"check-mean": "moved"}
     assert [c.id for c in nb.cells] == _keys(solution)
-
-
-@pytest.mark.parametrize("source, names", [
-    ("check_info_nce(info_nce)", ["check_info_nce", "info_nce"]),
-    ("run_check('x', f, reference=g, cases=[Case(args=(1,))])", ["Case", "args", "cases", "f", "g", "reference",
-                                                                 "run_check", "x"]),
-])
-def test_arm_code_names_the_cells_identifiers(source, names):
-    code = grade._arm_code("t0k", source)
-    assert code == f"__import__('mmcourse.checks.core', fromlist=['_arm'])._arm('t0k', {names!r})"
 
 
 def test_the_grader_reads_nbformat_40_notebooks(tmp_path):
@@ -541,7 +574,7 @@ def test_an_unreadable_solution_is_one_line_and_exit_2(tmp_path, capsys):
 def test_kernel_env_shares_the_cores_and_honours_the_standard_variable(monkeypatch):
     monkeypatch.delenv("MMCOURSE_NUM_THREADS", raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(grade.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(__import__("os"), "cpu_count", lambda: 4)
     env = grade.kernel_env(jobs=2, cell_timeout=30)
     assert (env["MMCOURSE_NUM_THREADS"], env["OMP_NUM_THREADS"], env["MMCOURSE_CHECK_TIMEOUT"]) == ("2", "2", "7.5")
     assert grade.kernel_env(jobs=8, cell_timeout=120)["OMP_NUM_THREADS"] == "1"
@@ -577,11 +610,11 @@ def test_cell_timeouts_come_from_the_solutions_tags():
 
 
 def test_the_memory_limit_wraps_the_kernel_command():
-    km = grade._kernel_manager_class(1000)(kernel_name="python3")
+    km = grade.kernel_manager_class(1000)(kernel_name="python3")
     cmd = km.format_kernel_cmd()
-    assert cmd[:4] == [grade.sys.executable, "-c", grade._LIMIT_LAUNCHER, str(1000 * 2**20)]
+    assert cmd[:4] == [__import__("sys").executable, "-c", grade._LIMIT_LAUNCHER, str(1000 * 2**20)]
     assert "ipykernel_launcher" in " ".join(cmd[4:])
-    assert grade._kernel_manager_class(None)(kernel_name="python3").format_kernel_cmd() == cmd[4:]
+    assert grade.kernel_manager_class(None)(kernel_name="python3").format_kernel_cmd() == cmd[4:]
 
 
 @pytest.mark.parametrize("content, problem", [
@@ -639,7 +672,12 @@ def test_total_time_limit_stops_the_notebook(tmp_path):
     path.parent.mkdir()
     nbformat.write(submission(double="import time\ntime.sleep(30)"), str(path))
     cells = grade.grade_cells(nbformat.read(str(SOLUTION), as_version=4))
-    rows = grade.grade_submission(grade.Submission("slow", path), cells, cell_timeout=20, total_timeout=1.5)
+    judge = import_module("mmcourse.grade.reference").Judge(SOLUTION, cells, 20, {}, {})
+    try:
+        judge.start()
+        rows = grade.grade_submission(grade.Submission("slow", path), cells, judge, cell_timeout=20, total_timeout=1.5)
+    finally:
+        judge.close()
     assert [(r.exercise, r.passed, r.status, r.message) for r in rows[:3]] == [
         (c.label, False, "not run", "not run: the notebook used up its 1.5 s time limit") for c in cells]
     assert [(r.exercise, r.status) for r in rows[3:]] == [("(other cells)", "timed out")]

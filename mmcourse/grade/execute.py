@@ -70,11 +70,6 @@ class _GradingClient(NotebookClient):
         return out
 
 
-def _arm_code(token: str, source: str) -> str:
-    names = sorted(set(re.findall(r"\b([A-Za-z_]\w*)\b", source)))
-    return f"__import__('mmcourse.checks.core', fromlist=['_arm'])._arm({token!r}, {names!r})"
-
-
 def _silent(client, code: str, timeout: float | None = None) -> str:
     """Run `code` in the kernel without output or history; the reply's status ("" if none came)."""
     client.timeout = math.ceil(timeout) if timeout else PROBE_TIMEOUT

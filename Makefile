@@ -21,7 +21,7 @@ course: $(VENV)/.runtime  ## re-execute every lesson in place (outputs committed
 	$(BIN)/python -m mmcourse.course --html build/course $(LESSONS)
 
 exercises: $(VENV)/.runtime  ## regenerate exercises/ from solutions/
-	$(BIN)/python -m mmcourse.exercises
+	$(BIN)/python -m mmcourse.exercises && echo "make exercises: exercises/ generated from solutions/ (each file written is listed above; none listed: all were up to date)"
 
 check: $(VENV)/.runtime  ## fail if exercises/ is stale
 	$(BIN)/python -m mmcourse.exercises --check

@@ -4,7 +4,7 @@
 `cli` ties them together (`python -m mmcourse.grade`, `mmcourse-grade`)."""
 from mmcourse.grade.cli import grade_folder, grade_submission, kernel_env, main
 from mmcourse.grade.collect import _error_message, collect
-from mmcourse.grade.execute import execute
+from mmcourse.grade.execute import MAX_OUTPUT_CHARS, execute
 from mmcourse.grade.prepare import (CSV_FIELDS, DEFAULT_CELL_TIMEOUT, OTHER_CELLS, CellRun, GradeCell, Prepared, Row,
                                     Submission, _cell_key, _read_notebook, cell_timeouts, find_solution,
                                     find_submissions, grade_cells, prepare)

@@ -124,7 +124,8 @@ def _exception(record: dict) -> BaseException:
     from mmcourse.checks.core import StudentTimeout
 
     if "timeout" in record:
-        return StudentTimeout("took longer than the grader allows per call")
+        limit = record.get("limit")
+        return StudentTimeout(f"took longer than {limit:g} s" if limit else "took longer than the grader allows")
     if "library" in record:
         short = record["library"].rsplit(".", 1)[-1]
         return RuntimeError(f"you called mmcourse's {short}; this exercise asks you to write it")
@@ -242,6 +243,8 @@ def _decode_record(raw, tensors) -> dict:
             record[k] = v
         elif k in ("timeout", "not_callable") and v is True:
             record[k] = True
+        elif k == "limit" and type(v) in (int, float):
+            record[k] = float(v)
     if "returned" in record and "after" not in record:
         raise ValueError("no state after the call")
     return record

@@ -96,6 +96,10 @@ def grade_submission(sub: Submission, cells: list[GradeCell], judge: Judge, cell
                            limits, memory_mb, prepared.inserted, (work, private) if isolated else None, after_graded)
         except Exception as err:  # noqa: BLE001 - e.g. the kernel cannot start: report, go on
             return all_failed(_short(f"grader error: {type(err).__name__}: {err}"))
+        for index, cell in enumerate(nb.cells):  # a time-out in a cell the student did not write is not theirs
+            if runs[index].status == "timeout" and judge.teacher_sources.get(_cell_key(cell)) == cell.source:
+                runs[index].reason += (" — in a cell you did not write (the course's own code ran slower on the "
+                                       "grading machine): not your mistake, tell your teacher")
         where = {_cell_key(c): i for i, c in enumerate(nb.cells)}
         notes: dict[str, tuple[list[str], str]] = {}
         for gc in cells:

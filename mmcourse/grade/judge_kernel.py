@@ -149,6 +149,12 @@ def _apply_after(received, after) -> None:
             with torch.no_grad():
                 received.copy_(after.to(received.dtype))
         return
+    if isinstance(received, torch.Generator) and isinstance(after, dict) and "__generator__" in after:
+        try:
+            received.set_state(after["__generator__"])
+        except Exception:  # noqa: BLE001
+            pass
+        return
     if isinstance(after, dict) and "__state__" in after and hasattr(received, "load_state_dict"):
         try:
             received.load_state_dict(after["__state__"])

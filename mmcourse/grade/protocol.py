@@ -89,6 +89,8 @@ def encode(value, tensors: dict, _depth: int = 0):
         return encode(value.item(), tensors, _depth + 1)
     if torch is not None and isinstance(value, torch.dtype):
         return {"dtype": str(value)}
+    if torch is not None and isinstance(value, torch.Generator):  # its state: where it will draw next
+        return {"generator": encode(value.get_state(), tensors, _depth + 1)}
     if torch is not None and isinstance(value, torch.nn.Module):
         return {"module": type(value).__name__, "state": encode(dict(value.state_dict()), tensors, _depth + 1)}
     if isinstance(value, tuple):
@@ -159,6 +161,11 @@ def decode(tree, tensors: dict, _depth: int = 0, _count: list | None = None):
                 raise ValueError("unhashable dict key")
             out[key] = decode(pair[1], tensors, _depth + 1, count)
         return out
+    if kind == "generator":
+        state = decode(body, tensors, _depth + 1, count)
+        if not (type(state).__name__ == "Tensor" and state.dtype.is_floating_point is False):
+            raise ValueError("malformed generator state")
+        return {"__generator__": state}
     if kind in ("module", "state_of") and rest:
         return {"__state__": decode(rest[0][1], tensors, _depth + 1, count), "__type__": str(body)[:80]}
     if kind == "other":

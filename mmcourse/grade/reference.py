@@ -103,6 +103,7 @@ class Judge:
         self.requests = self.folder / "requests"
         self.requests.mkdir()
         self.cell_seconds: dict[str, float] = {}  # cell key -> seconds in the reference run
+        self.teacher_sources: dict[str, str] = {}  # cell key -> source of a code cell no student writes
         self.unsendable: dict[str, list[str]] = {}
         self._pool = ThreadPoolExecutor(max_workers=1)
         self._stack = contextlib.ExitStack()
@@ -126,6 +127,8 @@ class Judge:
             raise SolutionFailed("the judge kernel could not import mmcourse.grade.judge_kernel")
         graded = {c.grade_id: c for c in self.cells}
         code = [(i, c) for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+        self.teacher_sources = {_cell_key(c): c.source for _, c in code
+                                if not c.metadata.get("nbgrader", {}).get("solution") and _cell_key(c) not in graded}
         t_start = time.monotonic()
         for n, (index, cell) in enumerate(code, start=1):
             key = _cell_key(cell)

@@ -240,8 +240,9 @@ def test_csv_rows_are_exactly_as_expected(graded):
 @pytest.mark.slow
 def test_rows_say_where_the_cell_is_and_its_id(graded):
     by = {(r[0], r[1]): r for r in graded["rows"][1:]}
-    assert by["alice", EX1][7:] == ["code cell 3 under “Exercise 1: double” (`# Check: double`)", "check-double"]
-    assert by["alice", HIDDEN][7:] == ["code cell 6 under “Exercise 2: mean” (`### BEGIN HIDDEN TESTS`)", "hidden-mean"]
+    assert by["alice", EX1][7:9] == ["code cell 3 under “Exercise 1: double” (`# Check: double`)", "check-double"]
+    assert by["alice", EX1][9] == grade.isolation("auto")[1]  # how the kernel was isolated, in every row
+    assert by["alice", HIDDEN][7:9] == ["code cell 6 under “Exercise 2: mean” (`### BEGIN HIDDEN TESTS`)", "hidden-mean"]
 
 
 @pytest.mark.slow
@@ -776,3 +777,30 @@ def test_library_answers_are_listed_for_every_assignment():
         assert any(listed.values()), path.name
     assert "mmcourse.checks.fusion.reference_tensor_fusion" in library_answers("tensor_fusion")
     assert "mmcourse.itm.sample_hard_negatives" in library_answers("sample_hard_negatives")
+
+
+def test_without_bubblewrap_the_grader_says_so(monkeypatch):
+    sandbox = import_module("mmcourse.grade.sandbox")
+    monkeypatch.setattr(sandbox.shutil, "which", lambda name: None)
+    isolated, note = sandbox.isolation.__wrapped__("auto")
+    assert not isolated and note.startswith("none: bubblewrap (bwrap) is not installed")
+    with pytest.raises(ValueError, match="--isolation bwrap: bubblewrap"):
+        sandbox.isolation.__wrapped__("bwrap")
+
+
+def test_the_sandbox_hides_the_solutions_and_the_grader(tmp_path):
+    """What a sandboxed kernel's file system holds (bubblewrap only)."""
+    import subprocess
+    import sys
+
+    sandbox = import_module("mmcourse.grade.sandbox")
+    if not sandbox.isolation("auto")[0]:
+        pytest.skip("bubblewrap cannot run here")
+    (tmp_path / "work").mkdir()
+    (tmp_path / "private").mkdir()
+    probe = ("import os, mmcourse; root = os.path.dirname(os.path.dirname(mmcourse.__file__)); "
+             "print(sorted(os.listdir(root)), os.listdir(os.path.join(root, 'mmcourse', 'grade')), "
+             "os.path.exists('/proc/%d/cwd/solutions' % os.getppid()), os.getpid())")
+    out = subprocess.run([*sandbox.bwrap_command(tmp_path / "work", tmp_path / "private"), sys.executable, "-c", probe],
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["['mmcourse']", "[]", "False", "2"], out.stderr

@@ -89,7 +89,7 @@ def grade_submission(sub: Submission, cells: list[GradeCell], judge: Judge, cell
             answers[key] = (None if problem else answer, problem)
 
         # the student's own cells get the solution's time (with room) when it needed more than the limit
-        limits = {**{k: 3 * s + 10 for k, s in judge.cell_seconds.items() if 3 * s + 10 > cell_timeout},
+        limits = {**{k: 3 * s + 10 for k, s in judge.cell_seconds.items() if 3 * s > cell_timeout},
                   **(timeouts or {})}
         try:
             runs = execute(nb, work, cell_timeout, total_timeout, env, {c.grade_id: c for c in cells},

@@ -428,13 +428,15 @@ CHEATS_01 = {
 
 @pytest.fixture(scope="module")
 def graded_01(tmp_path_factory):
-    """Assignment 01 graded as a teacher would (about 1-2 minutes: four kernels, torch in each)."""
+    """Assignment 01 graded as a teacher would: ten submissions, two at a time (about 3 minutes on two free
+    cores: the reference run, then a kernel with torch per submission)."""
     root, out = tmp_path_factory.mktemp("subs01"), tmp_path_factory.mktemp("out01")
     _assignment_01_submissions(root)
     log = io.StringIO()
     with redirect_stdout(log):
         code = grade.main([str(root), "--assignment", "01", "--solutions", str(ROOT / "solutions"),
-                           "--out", str(out / "results.csv"), "--feedback", str(out / "feedback"), "--timeout", "20"])
+                           "--out", str(out / "results.csv"), "--feedback", str(out / "feedback"), "--timeout", "20",
+                           "--jobs", "2"])
     with open(out / "results.csv", newline="", encoding="utf-8-sig") as f:
         rows = list(csv.DictReader(f))
     return {"code": code, "rows": rows, "log": log.getvalue(), "feedback": out / "feedback"}

@@ -107,7 +107,14 @@ def grade_submission(sub: Submission, cells: list[GradeCell], judge: Judge, cell
             if runs[index].status in ("not run", "dead") and gc.grade_id not in answers:
                 continue  # the student's kernel never got there: `collect` says why
             answer, problem = answers.get(gc.grade_id, (None, "your kernel did not answer the grader"))
-            judged, reply, token, hits, unreadable = judge.judge(gc, answer)
+            try:
+                judged, reply, token, hits, unreadable = judge.judge(gc, answer)
+            except Exception as err:  # noqa: BLE001 - the judge must go on with the next student
+                nb.cells[index].outputs = [nbformat.v4.new_output(
+                    "error", ename="GraderError", evalue=f"grader error while judging: {type(err).__name__}: {err}",
+                    traceback=[])]
+                runs[index] = CellRun("ran", reply="error", token="")
+                continue
             nb.cells[index].source, nb.cells[index].outputs = gc.source, judged.outputs
             runs[index] = CellRun("ran", reply=reply, token=token)
             notes[gc.grade_id] = (hits, problem or unreadable)

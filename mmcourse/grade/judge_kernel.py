@@ -208,15 +208,15 @@ def begin_judge(key: str, seed: int, answer_path: str | None) -> str:
             answers = tree["answers"]
             if len(answers) != len(requests):
                 raise ValueError("answer of the wrong length")
-        except (OSError, ValueError) as err:
-            problem = f"the kernel's answer could not be read ({err})"
+        except Exception as err:  # noqa: BLE001 - whatever a forged file does, it is unreadable
+            problem = f"the kernel's answer could not be read ({type(err).__name__}: {str(err)[:100]})"
             answers = []
     by_digest: dict = {}
     values: dict = {}
     for request, raw in zip(requests, answers):
         try:
             record = _decode_record(raw, tensors)
-        except ValueError as err:
+        except Exception as err:  # noqa: BLE001 - RecursionError, OverflowError...: unreadable
             record = {"error": "ValueError", "message": f"unreadable answer ({err})"}
         if "missing" in record:
             values[request["name"]] = None

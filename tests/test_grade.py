@@ -457,7 +457,8 @@ def test_issue_cheats_on_assignment_01_get_no_points(graded_01):
         points[r["student"]] = points.get(r["student"], 0) + int(r["points"] or 0)
     graded = _graded_cells("01")
     assert points["noop"] == 0 and points["skip"] == 0
-    assert {name: points[name] for name in CHEATS_01} == dict.fromkeys(CHEATS_01, 0)
+    cheats = [name for name in CHEATS_01 if name != "solutions_file" or grade.isolation("auto")[0]]
+    assert {name: points[name] for name in cheats} == dict.fromkeys(cheats, 0)  # only a sandbox hides the solutions
     assert points["libref"] == graded - 1  # every exercise solved by hand passes, the library call does not
     noop = [r for r in graded_01["rows"] if r["student"] == "noop"]
     assert len(noop) == graded and all(r["passed"] == "no" for r in noop)

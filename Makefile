@@ -18,13 +18,13 @@ test: $(VENV)/.dev  ## set up, then run the whole test suite (notebooks included
 	$(BIN)/python -m pytest -n $(JOBS)
 
 course: $(VENV)/.runtime  ## re-execute every lesson in place (outputs committed; HTML in build/course)
-	$(BIN)/python -m mmcourse.course --html build/course $(LESSONS)
+	$(BIN)/python -m mmcourse.classroom.course --html build/course $(LESSONS)
 
 exercises: $(VENV)/.runtime  ## regenerate exercises/ from solutions/
-	$(BIN)/python -m mmcourse.exercises && echo "make exercises: exercises/ generated from solutions/ (each file written is listed above; none listed: all were up to date)"
+	$(BIN)/python -m mmcourse.classroom.exercises && echo "make exercises: exercises/ generated from solutions/ (each file written is listed above; none listed: all were up to date)"
 
 check: $(VENV)/.runtime  ## fail if exercises/ is stale
-	$(BIN)/python -m mmcourse.exercises --check
+	$(BIN)/python -m mmcourse.classroom.exercises --check
 
 bench: $(VENV)/.dev  ## speed and memory figures quoted in the README
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done

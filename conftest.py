@@ -2,7 +2,7 @@
 (`--nbval-lax`, see pyproject.toml) as well as the tests in tests/.
 
 The environment below is the reference setup `make course` executes the lessons with
-(`mmcourse.course.REFERENCE_ENV`): one torch thread and a model cache inside build/, so the
+(`mmcourse.classroom.course.REFERENCE_ENV`): one torch thread and a model cache inside build/, so the
 outputs nbval compares are the outputs committed. Kernels started by nbval inherit it.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent
 
-from mmcourse.course import REFERENCE_ENV  # noqa: E402
+from mmcourse.classroom.course import REFERENCE_ENV  # noqa: E402
 
 for _name, _value in REFERENCE_ENV.items():
     os.environ.setdefault(_name, _value)

@@ -19,7 +19,7 @@ import time
 import torch
 
 from mmcourse.data import CaptionedDigits, Shapes, digits_dataloaders, load_digit_arrays
-from mmcourse.tokenizer import build_tokenizer, caption_corpus, default_tokenizer
+from mmcourse.data.tokenizer import build_tokenizer, caption_corpus, default_tokenizer
 from mmcourse.utils import set_threads
 
 

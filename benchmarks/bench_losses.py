@@ -1,4 +1,4 @@
-"""Speed, memory and agreement of `mmcourse.losses` against open_clip (prints figures; no asserts).
+"""Speed, memory and agreement of `mmcourse.objectives.losses` against open_clip (prints figures; no asserts).
 
     MMCOURSE_NUM_THREADS=2 python benchmarks/bench_losses.py [--quick]
 
@@ -17,7 +17,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from mmcourse.losses import clip_loss, info_nce, siglip_loss
+from mmcourse.objectives import clip_loss, info_nce, siglip_loss
 from mmcourse.utils import set_threads
 
 

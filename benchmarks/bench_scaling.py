@@ -7,9 +7,9 @@ gradient), with `torch.utils.benchmark`:
 
 - floor: the three (N, N, D) matrix products alone (logits = X·Yᵀ, G·Y, Gᵀ·X), the least
   work any implementation of the loss and its gradients must do;
-- clip_loss (`mmcourse.losses`), fused_clip_loss and blocked_clip_loss
-  (`mmcourse.blockwise_loss`) and open_clip's `ClipLoss`: forward + backward;
-- peak memory of each call (`mmcourse.memory.peak_memory`), and the largest difference of each
+- clip_loss (`mmcourse.objectives.losses`), fused_clip_loss and blocked_clip_loss
+  (`mmcourse.objectives.blockwise`) and open_clip's `ClipLoss`: forward + backward;
+- peak memory of each call (`mmcourse.training.memory.peak_memory`), and the largest difference of each
   loss and gradient from `clip_loss`.
 
 Ratios (time / floor) are what to compare: absolute times depend on the machine and on other
@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 import torch.utils.benchmark as benchmark
 
-from mmcourse.blockwise_loss import blocked_clip_loss, fused_clip_loss
-from mmcourse.losses import clip_loss
-from mmcourse.memory import memory_measurable, peak_memory
+from mmcourse.objectives import blocked_clip_loss, fused_clip_loss
+from mmcourse.objectives import clip_loss
+from mmcourse.training import memory_measurable, peak_memory
 from mmcourse.utils import set_threads
 
 

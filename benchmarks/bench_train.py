@@ -1,7 +1,7 @@
 """How fast does the course's CLIP learn captioned digits on a CPU?
 
-Trains the lessons' digits model (`mmcourse.pretrained.digits_clip_config` /
-`digits_train_config`) with `mmcourse.train.fit`, measuring after every epoch the zero-shot
+Trains the lessons' digits model (`mmcourse.recipes.clip.digits_clip_config` /
+`digits_train_config`) with `mmcourse.training.loop.fit`, measuring after every epoch the zero-shot
 top-1 accuracy on the held-out TEST images, classified with held-out caption templates that
 training never used. Time is training time only (the evaluation after each epoch is excluded).
 
@@ -19,13 +19,13 @@ import time
 
 import torch
 
-from mmcourse import zero_shot_metadata as meta
+from mmcourse.data import zero_shot_metadata as meta
 from mmcourse.data import CaptionedDigits, digits_dataloaders
-from mmcourse.evaluate import accuracy, build_zero_shot_classifier, linear_probe, zero_shot_logits
+from mmcourse.evaluation import accuracy, build_zero_shot_classifier, linear_probe, zero_shot_logits
 from mmcourse.models import CLIP
-from mmcourse.pretrained import digits_clip_config, digits_train_config
-from mmcourse.tokenizer import default_tokenizer
-from mmcourse.train import fit
+from mmcourse.recipes import digits_clip_config, digits_train_config
+from mmcourse.data.tokenizer import default_tokenizer
+from mmcourse.training import fit
 from mmcourse.utils import set_threads
 
 

@@ -30,7 +30,7 @@ def fails_with(check, fn, *fragments):
     """Run an exercise check on a wrong answer; assert it fails and its message contains every
     fragment (the named mistake). Returns the message."""
     import pytest
-    from mmcourse.checks import CheckFailed
+    from mmcourse.classroom.checks import CheckFailed
 
     with pytest.raises(CheckFailed) as info:
         check(fn)

@@ -1,11 +1,11 @@
-"""mmcourse.analysis against naive loops and hand-computed values."""
+"""mmcourse.evaluation.analysis against naive loops and hand-computed values."""
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from mmcourse import analysis
+from mmcourse.evaluation import analysis
 
 
 class LinearImage(torch.nn.Module):
@@ -137,7 +137,7 @@ def test_plot_modality_gap_draws_the_centroid_gap():
     import matplotlib
 
     matplotlib.use("Agg")
-    from mmcourse.plots import plot_modality_gap
+    from mmcourse.viz import plot_modality_gap
 
     g = torch.Generator().manual_seed(0)
     img = torch.randn(50, 8, generator=g) + torch.tensor([3.0] + [0.0] * 7)
@@ -154,7 +154,7 @@ def test_plot_occlusion_maps_shapes_and_errors():
     import matplotlib
 
     matplotlib.use("Agg")
-    from mmcourse.plots import plot_occlusion_maps
+    from mmcourse.viz import plot_occlusion_maps
 
     fig = plot_occlusion_maps(torch.rand(3, 3, 8, 8), torch.randn(3, 8, 8), titles=["a", "b", "c"])
     assert len(fig.axes) == 7  # 2 x 3 panels + colour bar
@@ -192,7 +192,7 @@ def test_embedding_plots_finite_for_zero_rows_and_collapse():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mmcourse.plots import plot_embeddings_2d, plot_modality_gap
+    from mmcourse.viz import plot_embeddings_2d, plot_modality_gap
 
     g = torch.Generator().manual_seed(5)
     img, txt = torch.randn(12, 6, generator=g).half() * 100, torch.randn(8, 6, generator=g).half()

@@ -1,10 +1,10 @@
-"""Tests for mmcourse.blockwise_loss: values and gradients equal clip_loss (and open_clip's ClipLoss)."""
+"""Tests for mmcourse.objectives.blockwise: values and gradients equal clip_loss (and open_clip's ClipLoss)."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from mmcourse.blockwise_loss import blocked_clip_loss, default_block_size, fused_clip_loss
-from mmcourse.losses import clip_loss
+from mmcourse.objectives import blocked_clip_loss, default_block_size, fused_clip_loss
+from mmcourse.objectives import clip_loss
 
 LOSSES = [blocked_clip_loss, fused_clip_loss]
 

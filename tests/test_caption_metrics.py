@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 import torch
 
-from mmcourse.caption_metrics import clip_score, cider, coco_tokenize, corpus_bleu, ref_clip_score
+from mmcourse.evaluation import clip_score, cider, coco_tokenize, corpus_bleu, ref_clip_score
 
 HYPS = ["a red circle in the top left.", "a blue square.", "a small green cross coloured green .",
         "there is a large yellow triangle"]
@@ -87,7 +87,7 @@ def test_metric_inputs_are_checked():
 @pytest.fixture(scope="module")
 def judge():
     from mmcourse.models import CLIP, CLIPConfig
-    from mmcourse.tokenizer import default_tokenizer
+    from mmcourse.data.tokenizer import default_tokenizer
 
     tok = default_tokenizer()
     torch.manual_seed(0)

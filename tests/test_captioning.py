@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmcourse.captioning import (IGNORE_INDEX, CaptionerConfig, PrefixCaptioner, caption_labels, caption_loss,
-                                 captioner_train_config, load_captioner)
-from mmcourse.decoding import greedy_search
+from mmcourse.models import IGNORE_INDEX, CaptionerConfig, PrefixCaptioner, caption_labels, caption_loss
+from mmcourse.recipes import captioner_train_config, load_captioner
+from mmcourse.models import greedy_search
 from mmcourse.models import CLIP, CLIPConfig
 
 V, L, K = 12, 7, 3
@@ -163,7 +163,7 @@ def test_config_errors_are_named():
 
 @pytest.mark.slow
 def test_load_captioner_trains_once_then_loads_the_same_weights(tmp_path):
-    from mmcourse.tokenizer import default_tokenizer
+    from mmcourse.data.tokenizer import default_tokenizer
 
     tok = default_tokenizer()
     torch.manual_seed(0)

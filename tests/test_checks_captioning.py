@@ -1,4 +1,4 @@
-"""Tests for mmcourse.checks.captioning: the right answers pass, typical wrong answers are named."""
+"""Tests for mmcourse.classroom.checks.captioning: the right answers pass, typical wrong answers are named."""
 import math
 
 import pytest
@@ -6,10 +6,11 @@ import torch
 import torch.nn.functional as F
 
 from conftest import fails_with
-from mmcourse.checks.captioning import (METRIC_CHOICES, _beam_variant, _bp, _closest, _greedy_variant, _loss_variant,
-                                        _mask_variant, check_beam_step, check_brevity_penalty, check_caption_loss,
-                                        check_decoder_mask, check_greedy_decode, check_metric_choice,
-                                        reference_brevity_penalty, reference_decoder_mask, toy_step)
+from mmcourse.classroom.checks.captioning import (METRIC_CHOICES, _beam_variant, _bp, _closest, _greedy_variant,
+                                                  _loss_variant, _mask_variant, check_beam_step,
+                                                  check_brevity_penalty, check_caption_loss, check_decoder_mask,
+                                                  check_greedy_decode, check_metric_choice,
+                                                  reference_brevity_penalty, reference_decoder_mask, toy_step)
 
 
 # -- exercise 1: the mask ------------------------------------------------------------------------
@@ -59,8 +60,8 @@ def test_caption_loss_right_answers_pass():
 
 
 def test_caption_loss_reference_is_the_library_loss():
-    from mmcourse.captioning import caption_labels
-    from mmcourse.checks.captioning import _loss_cases, reference_caption_loss
+    from mmcourse.models import caption_labels
+    from mmcourse.classroom.checks.captioning import _loss_cases, reference_caption_loss
     logits, ids, mask, k = _loss_cases()[1].args
     labels = caption_labels(ids, mask, k)
     naive = torch.stack([F.cross_entropy(logits[b, i - 1][None], labels[b, i][None])

@@ -1,4 +1,4 @@
-"""Tests for mmcourse.checks.clip: the right answers pass, typical wrong answers are named."""
+"""Tests for mmcourse.classroom.checks.clip: the right answers pass, typical wrong answers are named."""
 import math
 
 import pytest
@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from conftest import fails_with
-from mmcourse.checks.clip import (check_clip_logits, check_loss_floor, check_training_step, reference_clip_logits,
-                                  reference_loss_floor, reference_training_step, simulate_steps)
+from mmcourse.classroom.checks.clip import (check_clip_logits, check_loss_floor, check_training_step,
+                                            reference_clip_logits, reference_loss_floor, reference_training_step,
+                                            simulate_steps)
 
 
 # -- exercise 1: logits --------------------------------------------------------------------------
@@ -81,10 +82,10 @@ def test_training_step_right_answers_pass():
 
 
 def test_reference_step_equals_fit():
-    # The reference is the step of mmcourse.train.fit: same parameters after two steps.
+    # The reference is the step of mmcourse.training.loop.fit: same parameters after two steps.
     from torch.utils.data import DataLoader
     from mmcourse.models import CLIP, CLIPConfig
-    from mmcourse.train import Callback, TrainConfig, fit
+    from mmcourse.training import Callback, TrainConfig, fit
 
     class Stop(Callback):
         def on_step_end(self, state):
@@ -104,7 +105,7 @@ def test_reference_step_equals_fit():
     b.load_state_dict(a.state_dict())
     tc = TrainConfig(lr=1e-2, warmup_steps=2, epochs=2, progress=False, device="cpu")
     fit(a, DataLoader(batches, batch_size=None), tc, callbacks=[Stop()])
-    from mmcourse.train import make_optimizer, make_scheduler
+    from mmcourse.training import make_optimizer, make_scheduler
     opt = make_optimizer(b, tc)
     sched = make_scheduler(opt, 2, 4)
     b.train()

@@ -10,10 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import mmcourse.checks as checks
+import mmcourse.classroom.checks as checks
 from conftest import fails_with
-from mmcourse.checks.core import (CHECK_MIMETYPE, Case, CheckFailed, CheckResult, Property, StudentTimeout, Variant,
-                                  call_safely, check_value, compare, make_check, publish, run_check, time_limit)
+from mmcourse.classroom.checks.core import (CHECK_MIMETYPE, Case, CheckFailed, CheckResult, Property, StudentTimeout,
+                                            Variant, call_safely, check_value, compare, make_check, publish,
+                                            run_check, time_limit)
 
 torch.manual_seed(0)
 Z = torch.randn(6, 4)
@@ -404,7 +405,7 @@ def test_teacher_guide_example_check_works():
     blocks = re.findall(r"```python\n(.*?)```", text, re.DOTALL)
     module = next(b for b in blocks if "def check_similarity_matrix" in b)
     namespace: dict = {}
-    exec(module.replace("from .core import", "from mmcourse.checks.core import"), namespace)  # noqa: S102
+    exec(module.replace("from .core import", "from mmcourse.classroom.checks.core import"), namespace)  # noqa: S102
     check = namespace["check_similarity_matrix"]
 
     def solution(image_emb, text_emb):
@@ -420,11 +421,11 @@ def test_teacher_guide_example_check_works():
 
 
 def test_calling_the_librarys_reference_is_reported():
-    from mmcourse import losses
-    from mmcourse.checks import core
+    from mmcourse.objectives import losses
+    from mmcourse.classroom.checks import core
 
     def info_nce(z, z_pos, temperature=0.07):  # the answer: the library under another name
-        from mmcourse.losses import info_nce as _ref
+        from mmcourse.objectives import info_nce as _ref
         return _ref(z, z_pos, temperature)
 
     z, p = torch.randn(4, 3), torch.randn(4, 3)
@@ -440,8 +441,8 @@ def test_calling_the_librarys_reference_is_reported():
 
 
 def test_library_answers_by_check_name_and_forbid_override():
-    from mmcourse import evaluate
-    from mmcourse.checks import core
+    from mmcourse.evaluation import retrieval as evaluate
+    from mmcourse.classroom.checks import core
 
     def ranks_by_library(logits, k):
         ranks, _ = evaluate.retrieval_ranks(logits.float(), torch.eye(len(logits)))
@@ -462,7 +463,7 @@ def test_library_answers_by_check_name_and_forbid_override():
 def test_watching_calls_restores_the_previous_profiler():
     import sys
 
-    from mmcourse.checks import core
+    from mmcourse.classroom.checks import core
 
     seen = []
     previous = lambda frame, event, arg: seen.append(event)  # noqa: E731
@@ -489,7 +490,7 @@ def test_arm_tags_results_with_the_token_and_rebinds_check_names(monkeypatch):
     import IPython
     import IPython.display
 
-    from mmcourse.checks import core
+    from mmcourse.classroom.checks import core
 
     shell = _Shell()
     shell.user_ns["check_info_nce"] = lambda *a, **k: None  # the first cheat

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmcourse import zero_shot_metadata as meta
-from mmcourse.checks import data as checks
-from mmcourse.checks.core import CheckFailed
+from mmcourse.data import zero_shot_metadata as meta
+from mmcourse.classroom.checks import data as checks
+from mmcourse.classroom.checks.core import CheckFailed
 from mmcourse.models import TextTransformer, eot_positions
 
 
@@ -58,7 +58,7 @@ def test_attention_mask_correct_passes():
 
 
 def test_attention_mask_reference_agrees_with_tokenizer():
-    from mmcourse.tokenizer import default_tokenizer
+    from mmcourse.data.tokenizer import default_tokenizer
 
     tok = default_tokenizer()
     enc = tok(["a handwritten 7.", "a picture of a small red circle to the left of a cyan cross."])
@@ -119,7 +119,7 @@ def test_pool_eot_mistakes_are_named(fn, expected):
 
 
 def test_checks_are_importable_from_the_package():
-    from mmcourse.checks import check_attention_mask, check_make_caption, check_pool_eot
+    from mmcourse.classroom.checks import check_attention_mask, check_make_caption, check_pool_eot
 
     assert check_pool_eot is checks.check_pool_eot
     assert check_make_caption is checks.check_make_caption and check_attention_mask is checks.check_attention_mask

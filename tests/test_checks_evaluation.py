@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmcourse.checks import evaluation as checks
-from mmcourse.checks.core import CheckFailed
+from mmcourse.classroom.checks import evaluation as checks
+from mmcourse.classroom.checks.core import CheckFailed
 
 
 def _message(result) -> str:
@@ -157,7 +157,7 @@ def test_recall_wrong_answers_are_named(wrong, expected):
 
 
 def test_recall_reference_equals_retrieval_metrics():
-    from mmcourse.evaluate import retrieval_metrics
+    from mmcourse.evaluation import retrieval_metrics
 
     for case in checks._recall_cases():
         s = case.args[0]
@@ -252,4 +252,4 @@ def test_modality_gap_wrong_answers_are_named(wrong, expected):
 
 
 def test_checks_are_importable_from_package():
-    from mmcourse.checks import check_modality_gap, check_recall_at_k, check_zero_shot_classifier  # noqa: F401
+    from mmcourse.classroom.checks import (check_modality_gap, check_recall_at_k, check_zero_shot_classifier)  # noqa: F401

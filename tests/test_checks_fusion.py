@@ -1,13 +1,14 @@
-"""Tests for mmcourse.checks.fusion: right answers pass, typical wrong answers are named."""
+"""Tests for mmcourse.classroom.checks.fusion: right answers pass, typical wrong answers are named."""
 import pytest
 import torch
 
 from conftest import fails_with
-from mmcourse.checks.fusion import (check_colour_chance, check_gated_fusion, check_hard_negatives, check_prior_answer,
-                                    check_question_prior, check_tensor_fusion, check_xor_answer,
-                                    reference_gated_fusion, reference_hard_negative_weights, reference_question_prior,
-                                    reference_tensor_fusion)
-from mmcourse.itm import hard_negative_weights, sample_hard_negatives
+from mmcourse.classroom.checks.fusion import (check_colour_chance, check_gated_fusion, check_hard_negatives,
+                                              check_prior_answer, check_question_prior, check_tensor_fusion,
+                                              check_xor_answer, reference_gated_fusion,
+                                              reference_hard_negative_weights, reference_question_prior,
+                                              reference_tensor_fusion)
+from mmcourse.objectives import hard_negative_weights, sample_hard_negatives
 
 
 # -- exercise 1: hard negatives ----------------------------------------------------------------------
@@ -24,7 +25,7 @@ def test_hard_negatives_right_answers_pass(capsys):
 
 
 def test_reference_weights_equal_the_library():
-    from mmcourse.checks.fusion import hard_negative_case
+    from mmcourse.classroom.checks.fusion import hard_negative_case
     sim, same = hard_negative_case()
     torch.testing.assert_close(reference_hard_negative_weights(sim, same).float(), hard_negative_weights(sim, same))
 

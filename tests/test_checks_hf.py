@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from conftest import fails_with
 
-from mmcourse.checks import hf as checks
-from mmcourse.checks.core import CheckFailed
+from mmcourse.classroom.checks import hf as checks
+from mmcourse.classroom.checks.core import CheckFailed
 
 
 # ------------------------------------------------------------------ exercise 1: CLIPModel's parts
@@ -209,7 +209,7 @@ def test_unk_prediction_wrong(answer, fragment):
 
 def test_the_unk_premise_holds_for_the_course_tokenizer():
     """The question's premise: both captions really are the same ids for the course tokenizer."""
-    from mmcourse.tokenizer import default_tokenizer
+    from mmcourse.data.tokenizer import default_tokenizer
 
     tok = default_tokenizer()
     a, b = tok(["a crimson disc."]), tok(["a scarlet disc."])

@@ -1,4 +1,4 @@
-"""Each check in mmcourse.checks.infonce: typical wrong answers, written as a student would,
+"""Each check in mmcourse.classroom.checks.infonce: typical wrong answers, written as a student would,
 get a message naming the mistake; correct answers (several styles) pass."""
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from conftest import fails_with
-from mmcourse.checks import CheckFailed
-from mmcourse.checks.infonce import (check_clip_loss, check_gradient_weights, check_info_nce, check_info_nce_grad,
-                                     check_info_nce_naive, check_temperature_predictions)
+from mmcourse.classroom.checks import CheckFailed
+from mmcourse.classroom.checks.infonce import (check_clip_loss, check_gradient_weights, check_info_nce,
+                                               check_info_nce_grad, check_info_nce_naive,
+                                               check_temperature_predictions)
 
 
 # ----------------------------------------------------------------------------- students' info_nce
@@ -237,7 +238,7 @@ def test_gradient_weights_names_mistake(bad, fragment):
 
 
 def test_temperature_predictions():
-    from mmcourse.checks.infonce import PREDICTION_SIMILARITIES, PREDICTION_TAU
+    from mmcourse.classroom.checks.infonce import PREDICTION_SIMILARITIES, PREDICTION_TAU
     # the share by hand: e^(s/τ) over the four negatives of (0.6 | 0.5, 0.2, -0.1, -0.5) at τ = 0.1
     w = [math.exp(x / PREDICTION_TAU) for x in PREDICTION_SIMILARITIES[1:]]
     assert w[0] / sum(w) == pytest.approx(0.9503, abs=1e-4)

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import fails_with
-from mmcourse.checks import mlm as checks
-from mmcourse.masking import mask_tokens as library_mask_tokens
+from mmcourse.classroom.checks import mlm as checks
+from mmcourse.data.masking import mask_tokens as library_mask_tokens
 
 
 # ---------------------------------------------------------------------------- exercise 1: masking
@@ -133,7 +133,7 @@ def test_masked_accuracy_mistakes_are_named(fn, expected):
 
 # ---------------------------------------------------------------------------- exercise 4: PLL
 def pll_correct(model, input_ids, attention_mask, special_ids, image=None):
-    from mmcourse.tokenizer import default_tokenizer
+    from mmcourse.data.tokenizer import default_tokenizer
 
     mask_id = default_tokenizer().mask_token_id
     score = torch.zeros(len(input_ids), dtype=torch.float64)
@@ -166,7 +166,7 @@ def test_pll_mistakes_are_named(kwargs, expected):
 
 def _pll_variant(**kwargs):
     """The check's own variant builder is internal; rebuild the same mistakes here as a student would."""
-    from mmcourse.tokenizer import default_tokenizer
+    from mmcourse.data.tokenizer import default_tokenizer
 
     mask_id = default_tokenizer().mask_token_id
 
@@ -206,6 +206,6 @@ def test_questions():
 
 
 def test_checks_are_importable_from_the_package():
-    from mmcourse.checks import check_mask_tokens, check_mlm_loss
+    from mmcourse.classroom.checks import check_mask_tokens, check_mlm_loss
 
     assert check_mask_tokens is checks.check_mask_tokens and check_mlm_loss is checks.check_mlm_loss

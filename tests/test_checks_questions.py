@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from mmcourse.checks import CheckFailed
-from mmcourse.checks import questions as Q
-from mmcourse.checks.question_bank import QUESTIONS
+from mmcourse.classroom.checks import CheckFailed
+from mmcourse.classroom.checks import questions as Q
+from mmcourse.classroom.checks.question_bank import QUESTIONS
 
 
 @pytest.fixture(autouse=True)

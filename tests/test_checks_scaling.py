@@ -1,12 +1,12 @@
-"""Tests for mmcourse.checks.scaling: the right answers pass, typical wrong answers are named."""
+"""Tests for mmcourse.classroom.checks.scaling: the right answers pass, typical wrong answers are named."""
 import pytest
 import torch
 
 from conftest import fails_with
-from mmcourse.checks.scaling import (LOGIT_MEMORY_SETTING, _grad_cache, check_grad_cache_step, check_local_loss_labels,
-                                     check_logit_memory, grad_cache_outcome, reference_grad_cache_step,
-                                     reference_local_loss_labels)
-from mmcourse.distributed import local_loss_labels
+from mmcourse.classroom.checks.scaling import (LOGIT_MEMORY_SETTING, _grad_cache, check_grad_cache_step,
+                                               check_local_loss_labels, check_logit_memory, grad_cache_outcome,
+                                               reference_grad_cache_step, reference_local_loss_labels)
+from mmcourse.objectives import local_loss_labels
 
 
 # -- exercise 1: labels --------------------------------------------------------------------------
@@ -58,7 +58,7 @@ def test_grad_cache_wrong_answers_are_named(mistake, fragment):
 
 def test_grad_cache_whole_batch_at_once_fails():
     # right without dropout, but not the chunked computation the exercise asks for
-    from mmcourse.train import clip_loss_fn
+    from mmcourse.training import clip_loss_fn
 
     def whole(model, batch, chunk_size):
         loss = clip_loss_fn(model, batch)

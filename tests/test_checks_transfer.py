@@ -10,8 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from conftest import fails_with
-from mmcourse import analysis, evaluate, losses
-from mmcourse.checks import transfer as T
+from mmcourse.evaluation import analysis
+from mmcourse.evaluation import retrieval as evaluate
+from mmcourse.objectives import losses
+from mmcourse.classroom.checks import transfer as T
 from mmcourse.models import TinyViT
 
 
@@ -312,8 +314,8 @@ def test_learners_first_attempts_are_named(check, wrong, fragment):
 
 
 def test_root_two_is_named_in_question_05_1():
-    from mmcourse.checks import CheckFailed
-    from mmcourse.checks.questions import check_answer
+    from mmcourse.classroom.checks import CheckFailed
+    from mmcourse.classroom.checks.questions import check_answer
     with pytest.raises(CheckFailed, match="SUM"):
         check_answer("05.1", 2 ** 0.5)
     assert check_answer("04.4", "(a)").passed

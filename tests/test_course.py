@@ -1,4 +1,4 @@
-"""Tests for mmcourse.course: stamping executed cells, finding stale ones, cleaning outputs to commit.
+"""Tests for mmcourse.classroom.course: stamping executed cells, finding stale ones, cleaning outputs to commit.
 (Executing a lesson in place is tested end to end in test_notebooks.py.)"""
 import hashlib
 
@@ -6,8 +6,8 @@ import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 from conftest import ROOT
-from mmcourse.course import (MAX_LESSON_BYTES, STAMP_KEY, WIDGET_VIEW, clean_outputs, lessons, source_hash, stale_cells,
-                             stamp)
+from mmcourse.classroom.course import (MAX_LESSON_BYTES, STAMP_KEY, WIDGET_VIEW, clean_outputs, lessons, source_hash,
+                                       stale_cells, stamp)
 
 
 def executed(*sources):
@@ -64,7 +64,7 @@ def test_execute_lesson_gives_the_kernel_an_absolute_cache(tmp_path, monkeypatch
     # the kernel runs in the notebook's folder: a relative cache path would point somewhere else
     import nbformat as nbf
 
-    from mmcourse import course
+    from mmcourse.classroom import course
 
     seen = {}
 
@@ -76,7 +76,7 @@ def test_execute_lesson_gives_the_kernel_an_absolute_cache(tmp_path, monkeypatch
             notebook, seconds, cell_seconds = nb, 0.0, []
         return Report()
 
-    monkeypatch.setattr("mmcourse.notebooks.execute_notebook", fake_execute)
+    monkeypatch.setattr("mmcourse.classroom.notebooks.execute_notebook", fake_execute)
     monkeypatch.chdir(tmp_path)
     lesson = tmp_path / "99_x.ipynb"
     nbf.write(nbf.v4.new_notebook(), str(lesson))

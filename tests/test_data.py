@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from mmcourse import zero_shot_metadata as meta
+from mmcourse.data import zero_shot_metadata as meta
 from mmcourse.data import (SHAPES_CLASSNAMES, CaptionedDigits, Shapes, digits_dataloaders, load_digit_arrays,
                            make_collate, make_digits_splits, render_objects, shapes_dataloaders)
-from mmcourse.tokenizer import default_tokenizer
+from mmcourse.data.tokenizer import default_tokenizer
 
 
 def template_of(caption: str, templates, names) -> str | None:
@@ -280,7 +280,7 @@ def test_show_image_grid_rows_and_captions():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mmcourse.plots import show_image_grid
+    from mmcourse.viz import show_image_grid
 
     ds = Shapes("val", n=11)
     captions = [ds[i]["caption"] for i in range(11)]

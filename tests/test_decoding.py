@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from mmcourse.decoding import Generation, beam_search, beam_search_step, greedy_search, next_log_probs, sample
+from mmcourse.models import Generation, beam_search, beam_search_step, greedy_search, next_log_probs, sample
 
 PAD, SOT, EOT = 0, 1, 2
 V = 5  # PAD, SOT, EOT and two words

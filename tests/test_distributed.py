@@ -1,4 +1,4 @@
-"""Tests for mmcourse.distributed and the DDP entry point: 2 processes on gloo give the loss and
+"""Tests for mmcourse.objectives.distributed and the DDP entry point: 2 processes on gloo give the loss and
 every gradient of one process's full batch, and equal open_clip's ClipLoss / SigLipLoss."""
 import os
 import socket
@@ -11,9 +11,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from mmcourse.distributed import (DistributedContrastiveLoss, clip_loss_distributed, local_loss_labels,
-                                  siglip_loss_distributed, world_info)
-from mmcourse.losses import clip_loss, siglip_loss
+from mmcourse.objectives import (DistributedContrastiveLoss, clip_loss_distributed, local_loss_labels,
+                                 siglip_loss_distributed, world_info)
+from mmcourse.objectives import clip_loss, siglip_loss
 
 WORLD = 2
 N_LOCAL, D = 4, 6
@@ -144,14 +144,14 @@ def test_one_process_falls_back_to_the_single_device_losses():
 
 @pytest.mark.slow
 def test_torchrun_entry_point_equals_one_process(tmp_path):
-    """`torchrun --nproc_per_node 2 -m mmcourse.train_ddp` with the same fit: the first step's loss
+    """`torchrun --nproc_per_node 2 -m mmcourse.training.ddp` with the same fit: the first step's loss
     and every gradient equal one process on the two ranks' batches together."""
     from mmcourse.models import CLIP
-    from mmcourse.train import clip_loss_fn
+    from mmcourse.training import clip_loss_fn
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MMCOURSE_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-           "-m", "mmcourse.train_ddp", "--steps", "1", "--batch-size", "16", "--check-dir", str(tmp_path),
+           "-m", "mmcourse.training.ddp", "--steps", "1", "--batch-size", "16", "--check-dir", str(tmp_path),
            "--out", str(tmp_path / "history.json")]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""mmcourse.evaluate against references: open_clip's own functions (imported from the
+"""mmcourse.evaluation.zero_shot against references: open_clip's own functions (imported from the
 installed `open_clip` / `open_clip_train`), naive loops and scikit-learn."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmcourse import evaluate as ev
+from mmcourse import evaluation as ev
 from mmcourse.norms import l2_normalize
 
 open_clip = pytest.importorskip("open_clip")

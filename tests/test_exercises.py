@@ -11,7 +11,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from conftest import ROOT
-from mmcourse.exercises import MarkerError, Paths, generate, make_exercise, normalise_solution
+from mmcourse.classroom.exercises import MarkerError, Paths, generate, make_exercise, normalise_solution
 
 SOLUTION_CODE = '''def double(x):
     """Return 2x."""
@@ -119,8 +119,8 @@ def test_generate_then_check_is_clean_and_edits_are_caught(tmp_path):
 
 
 def test_repository_exercises_are_up_to_date():
-    """exercises/ must be regenerated (`python -m mmcourse.exercises`) after editing solutions/."""
-    proc = subprocess.run([sys.executable, "-m", "mmcourse.exercises", "--check"], cwd=ROOT,
+    """exercises/ must be regenerated (`python -m mmcourse.classroom.exercises`) after editing solutions/."""
+    proc = subprocess.run([sys.executable, "-m", "mmcourse.classroom.exercises", "--check"], cwd=ROOT,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -187,7 +187,7 @@ def test_an_unreadable_solution_is_one_line_and_exit_2(tmp_path):
     solutions = tmp_path / "solutions"
     solutions.mkdir()
     (solutions / "01_demo.ipynb").write_text('{"cells": [')
-    proc = subprocess.run([sys.executable, "-m", "mmcourse.exercises", "--solutions", str(solutions),
+    proc = subprocess.run([sys.executable, "-m", "mmcourse.classroom.exercises", "--solutions", str(solutions),
                            "--exercises", str(tmp_path / "exercises")], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.startswith("error: ") and "01_demo.ipynb: not a valid notebook" in proc.stderr

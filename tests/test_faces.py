@@ -7,7 +7,7 @@ import torch
 
 from mmcourse.data import (EXPRESSIONS, MESSAGE_KINDS, MESSAGES, FacesSentiment, faces_corpus, make_collate,
                            render_faces, sentiment_label)
-from mmcourse.tokenizer import default_tokenizer
+from mmcourse.data.tokenizer import default_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from mmcourse.fusion import (FUSIONS, ConcatFusion, CrossAttentionFusion, FiLMFusion, FusionConfig, FusionModel,
+from mmcourse.models import (FUSIONS, ConcatFusion, CrossAttentionFusion, FiLMFusion, FusionConfig, FusionModel,
                              GatedFusion, LateFusion, classification_loss_fn, predict_logits)
 from mmcourse.models import CLIP, CLIPConfig
-from mmcourse.train import TrainConfig, fit
+from mmcourse.training import TrainConfig, fit
 
 TOWERS = CLIPConfig(image_size=8, in_channels=3, cnn_channels=(4, 8), image_width=16, text_width=16, text_layers=1,
                     vocab_size=12, context_length=6)

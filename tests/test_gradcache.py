@@ -1,12 +1,12 @@
-"""Tests for mmcourse.gradcache and fit's grad_cache_chunk / precision options: gradient caching
+"""Tests for mmcourse.training.gradcache and fit's grad_cache_chunk / precision options: gradient caching
 gives the full batch's gradients (every parameter, logit_scale included)."""
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from mmcourse.gradcache import contrastive_loss, grad_cache_step, split_batch
+from mmcourse.training import contrastive_loss, grad_cache_step, split_batch
 from mmcourse.models import CLIP, CLIPConfig
-from mmcourse.train import TrainConfig, clip_loss_fn, fit
+from mmcourse.training import TrainConfig, clip_loss_fn, fit
 
 VIT = dict(image_encoder="vit", image_width=16, vit_layers=1, vit_heads=2, text_width=16, text_heads=2,
            text_layers=1, embed_dim=8, vocab_size=16, context_length=6)
@@ -75,7 +75,7 @@ def test_grad_cache_with_dropout_restores_each_chunks_rng():
         torch.testing.assert_close(g, ref[name], rtol=1e-9, atol=1e-12, msg=name)
     assert after == after_ref  # the generator advanced as for one pass of forwards
     # without restoring the RNG, pass 2 draws other masks: the gradients are wrong
-    import mmcourse.gradcache as gc
+    import mmcourse.training.gradcache as gc
 
     original = gc._set_rng
     try:

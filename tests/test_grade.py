@@ -1,7 +1,7 @@
 """The grader over a folder of fabricated submissions of a tiny fixture assignment, and over
 the cheats and hangs of the real assignment 01.
 
-`tests/fixtures/solutions/99_demo.ipynb` has two exercises checked with `mmcourse.checks` (1 and
+`tests/fixtures/solutions/99_demo.ipynb` has two exercises checked with `mmcourse.classroom.checks` (1 and
 2 points) and one hidden test (1 point). The submissions are made from its generated exercise:
 right, partly wrong (with a tampered check cell and an answer hard-coded to the visible case),
 a syntax error, endless loops (inside the checked function, at top level while printing without
@@ -23,11 +23,11 @@ from contextlib import redirect_stdout
 import nbformat
 import pytest
 
-import mmcourse.grade as grade
+import mmcourse.classroom.grade as grade
 from importlib import import_module
 from conftest import ROOT
-from mmcourse.checks.core import CHECK_MIMETYPE
-from mmcourse.exercises import make_exercise, normalise_solution
+from mmcourse.classroom.checks.core import CHECK_MIMETYPE
+from mmcourse.classroom.exercises import make_exercise, normalise_solution
 
 FIXTURES = ROOT / "tests" / "fixtures" / "solutions"
 SOLUTION = FIXTURES / "99_demo.ipynb"
@@ -44,7 +44,7 @@ DIED = "not run: the kernel died in code cell 4 under “Exercise 2: mean” (`i
 STUCK = "not run: code cell 2 under “Exercise 1: double” (`import time`) ran past its time limit and could not be interrupted"
 PUT_BACK = " (this graded cell was missing from your notebook: it was put back)"
 NO_RESULT = ("no result from the check for this run: it was not called, or not mmcourse's check "
-             "(did your code replace a check or `mmcourse.checks`?)")
+             "(did your code replace a check or `mmcourse.classroom.checks`?)")
 SYNTAX = ("NameError: name 'double' is not defined (an earlier cell failed: code cell 2 under “Exercise 1: double” "
           "(`def double(x)`), SyntaxError: expected ':' (line 1))")
 
@@ -208,8 +208,8 @@ def graded(tmp_path_factory):
     write_submissions(root)
     before = digest(root)
     mp = pytest.MonkeyPatch()
-    mp.setattr(import_module("mmcourse.grade.execute"), "PROBE_TIMEOUT", 2)  # zed's kernel ignores interrupts
-    mp.setattr(import_module("mmcourse.grade.execute"), "IOPUB_TIMEOUT", 4)  # (and on its idle message)
+    mp.setattr(import_module("mmcourse.classroom.grade.execute"), "PROBE_TIMEOUT", 2)  # zed's kernel ignores interrupts
+    mp.setattr(import_module("mmcourse.classroom.grade.execute"), "IOPUB_TIMEOUT", 4)  # (and on its idle message)
     mp.delenv("MMCOURSE_CHECK_TIMEOUT", raising=False)
     log = io.StringIO()
     try:
@@ -356,7 +356,7 @@ def test_written_answers_collected_for_reading(graded):
 
 def _assignment_01_submissions(root):
     """The issue's three cheats and two hangs, on the handed-out exercise of assignment 01."""
-    from mmcourse.notebooks import read
+    from mmcourse.classroom.notebooks import read
 
     ex, sol = read(ROOT / "exercises" / "01_infonce.ipynb"), read(ROOT / "solutions" / "01_infonce.ipynb")
     answers = {c.id: c.source for c in sol.cells if c.metadata.get("nbgrader", {}).get("solution")}
@@ -371,7 +371,7 @@ def _assignment_01_submissions(root):
     noop = variant(**{"83661cc0": "check_info_nce_naive = check_clip_loss = check_info_nce = check_info_nce_grad = "
                                   "lambda *a, **k: None\n" + next(c.source for c in ex.cells if c.id == "83661cc0")})
     libref = variant(**{**answers, "99a74327": "def info_nce(z, z_pos, temperature=0.07):\n"
-                                              "    from mmcourse.losses import info_nce as _ref\n"
+                                              "    from mmcourse.objectives.losses import info_nce as _ref\n"
                                               "    return _ref(z, z_pos, temperature)"})
     skip = variant()
     for cell in skip.cells:
@@ -407,8 +407,8 @@ class Zero(float):
 CHEATS_01 = {
     "allclose": "import torch\ntorch.allclose = lambda *a, **k: True\ntorch.testing.assert_close = lambda *a, **k: None\n"
                 "torch.isclose = lambda a, b, *x, **k: torch.ones_like(torch.as_tensor(a), dtype=torch.bool)",
-    "sysmodules": "import sys, mmcourse.checks, mmcourse.checks.core as _c\n_ok = lambda *a, **k: _c.CheckResult('x', True, 'ok')\n"
-                  "for _m in list(sys.modules.values()):\n    for _n in dir(_m) if getattr(_m, '__name__', '').startswith('mmcourse.checks') else []:\n"
+    "sysmodules": "import sys, mmcourse.classroom.checks, mmcourse.classroom.checks.core as _c\n_ok = lambda *a, **k: _c.CheckResult('x', True, 'ok')\n"
+                  "for _m in list(sys.modules.values()):\n    for _n in dir(_m) if getattr(_m, '__name__', '').startswith('mmcourse.classroom.checks') else []:\n"
                   "        if _n.startswith('check_') or _n in ('run_check', 'compare', 'check_value'):\n            setattr(_m, _n, _ok)\n"
                   "_c.compare = lambda *a, **k: None",
     "transformer": "get_ipython().input_transformers_post.append(lambda lines: ['pass\\n'] if any('check_' in l for l in lines) "
@@ -420,9 +420,9 @@ CHEATS_01 = {
                       "                exec(''.join(_cell['source']))",
     "subclass": _SUBCLASS + "info_nce_formula = clip_loss = info_nce = siglip_loss = lambda *a, **k: Liar(torch.zeros(()))\n"
                 "info_nce_grad = lambda sim, temperature: Liar(torch.zeros_like(sim))\nrow_sums_answer = Zero(0.0)",
-    "library": "from mmcourse.losses import info_nce as _i, clip_loss as _c, siglip_loss as _s\n"
+    "library": "from mmcourse.objectives.losses import info_nce as _i, clip_loss as _c, siglip_loss as _s\n"
                "info_nce_formula = info_nce = _i\nclip_loss = _c\nsiglip_loss = _s\n"
-               "from mmcourse.checks import infonce as _ci\ninfo_nce_grad = getattr(_ci, 'reference_info_nce_grad', None)",
+               "from mmcourse.classroom.checks import infonce as _ci\ninfo_nce_grad = getattr(_ci, 'reference_info_nce_grad', None)",
 }
 
 
@@ -512,7 +512,7 @@ def test_graded_cells_without_a_heading_get_readable_labels():
 
 
 def test_real_assignments_name_exercises_by_their_titles():
-    from mmcourse.notebooks import read
+    from mmcourse.classroom.notebooks import read
 
     cells = grade.grade_cells(read(ROOT / "solutions" / "04_training_clip.ipynb"))
     assert [c.label for c in cells][:2] == ["Exercise 1 · The logits", "Exercise 2 · One training step"]
@@ -540,7 +540,7 @@ def test_prepare_restores_graded_cells_whole_and_in_place():
     assert [c.id for c in nb.cells][6:] == ["task-mean", "mean", "check-mean", "hidden-mean", "why-len"]
     by_id = {c.id: c for c in nb.cells}
     assert by_id["check-double"].source == cells[0].source and by_id["hidden-mean"].source == "# Hidden tests"[:0] + \
-        import_module("mmcourse.grade.prepare")._visible_part(cells[2].source)
+        import_module("mmcourse.classroom.grade.prepare")._visible_part(cells[2].source)
     assert by_id["hidden-mean"].cell_type == "code" and by_id["hidden-mean"].metadata == cells[2].cell.metadata
     assert prepared.inserted == {id(by_id["check-mean"])}
 
@@ -605,7 +605,7 @@ def test_setup_threads_follow_omp_num_threads(monkeypatch):
 
 
 def test_cell_timeouts_come_from_the_solutions_tags():
-    from mmcourse.notebooks import read
+    from mmcourse.classroom.notebooks import read
 
     timeouts = grade.cell_timeouts(read(ROOT / "solutions" / "04_training_clip.ipynb"))
     assert list(timeouts.values()) == [120.0]
@@ -675,7 +675,7 @@ def test_total_time_limit_stops_the_notebook(tmp_path):
     path.parent.mkdir()
     nbformat.write(submission(double="import time\ntime.sleep(30)"), str(path))
     cells = grade.grade_cells(nbformat.read(str(SOLUTION), as_version=4))
-    judge = import_module("mmcourse.grade.reference").Judge(SOLUTION, cells, 20, {}, {})
+    judge = import_module("mmcourse.classroom.grade.reference").Judge(SOLUTION, cells, 20, {}, {})
     try:
         judge.start()
         rows = grade.grade_submission(grade.Submission("slow", path), cells, judge, cell_timeout=20, total_timeout=1.5)
@@ -732,7 +732,7 @@ def test_plain_data_protocol_reads_back_no_subclass_and_no_pickle(tmp_path):
     """What a student's kernel writes back is decoded as plain values only."""
     import torch
 
-    from mmcourse.grade import protocol
+    from mmcourse.classroom.grade import protocol
 
     class Liar(torch.Tensor):
         pass
@@ -760,7 +760,7 @@ def test_plain_data_protocol_reads_back_no_subclass_and_no_pickle(tmp_path):
 
 def test_graded_names_come_from_the_conventions():
     """The names an exercise's answer cells define that its graded cell passes to a check or calls."""
-    from mmcourse.notebooks import read
+    from mmcourse.classroom.notebooks import read
 
     by_id = {c.grade_id: c.names for c in grade.grade_cells(nbformat.read(str(SOLUTION), as_version=4))}
     assert by_id == {"check-double": ("double",), "check-mean": ("mean",), "hidden-mean": ("mean",)}
@@ -772,18 +772,18 @@ def test_graded_names_come_from_the_conventions():
 
 def test_library_answers_are_listed_for_every_assignment():
     """Every assignment 01-11 has a library answer or a check module reference the grader trips."""
-    from mmcourse.grade.reference import library_answers
-    from mmcourse.notebooks import read
+    from mmcourse.classroom.grade.reference import library_answers
+    from mmcourse.classroom.notebooks import read
 
     for path in sorted((ROOT / "solutions").glob("[01][0-9]_*.ipynb")):
         listed = {n: library_answers(n) for c in grade.grade_cells(read(path)) for n in c.names}
         assert any(listed.values()), path.name
-    assert "mmcourse.checks.fusion.reference_tensor_fusion" in library_answers("tensor_fusion")
-    assert "mmcourse.itm.sample_hard_negatives" in library_answers("sample_hard_negatives")
+    assert "mmcourse.classroom.checks.fusion.reference_tensor_fusion" in library_answers("tensor_fusion")
+    assert "mmcourse.objectives.itm.sample_hard_negatives" in library_answers("sample_hard_negatives")
 
 
 def test_without_bubblewrap_the_grader_says_so(monkeypatch):
-    sandbox = import_module("mmcourse.grade.sandbox")
+    sandbox = import_module("mmcourse.classroom.grade.sandbox")
     monkeypatch.setattr(sandbox.shutil, "which", lambda name: None)
     isolated, note = sandbox.isolation.__wrapped__("auto")
     assert not isolated and note.startswith("none: bubblewrap (bwrap) is not installed")
@@ -796,13 +796,13 @@ def test_the_sandbox_hides_the_solutions_and_the_grader(tmp_path):
     import subprocess
     import sys
 
-    sandbox = import_module("mmcourse.grade.sandbox")
+    sandbox = import_module("mmcourse.classroom.grade.sandbox")
     if not sandbox.isolation("auto")[0]:
         pytest.skip("bubblewrap cannot run here")
     (tmp_path / "work").mkdir()
     (tmp_path / "private").mkdir()
     probe = ("import os, mmcourse; root = os.path.dirname(os.path.dirname(mmcourse.__file__)); "
-             "print(sorted(os.listdir(root)), os.listdir(os.path.join(root, 'mmcourse', 'grade')), "
+             "print(sorted(os.listdir(root)), os.listdir(os.path.join(root, 'mmcourse', 'classroom', 'grade')), "
              "os.path.exists('/proc/%d/cwd/solutions' % os.getppid()), os.getpid())")
     out = subprocess.run([*sandbox.bwrap_command(tmp_path / "work", tmp_path / "private"), sys.executable, "-c", probe],
                          capture_output=True, text=True, timeout=60)

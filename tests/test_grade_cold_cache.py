@@ -11,7 +11,7 @@ from contextlib import redirect_stdout
 
 import pytest
 
-import mmcourse.grade as grade
+import mmcourse.classroom.grade as grade
 from conftest import ROOT
 
 

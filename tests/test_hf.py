@@ -10,14 +10,15 @@ import torch.nn.functional as F
 from transformers import CLIPModel
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from mmcourse import zero_shot_metadata as meta
-from mmcourse.evaluate import build_zero_shot_classifier, retrieval_metrics
-from mmcourse.hf import (HFCLIPAdapter, HFCLIPSettings, as_features, build_hf_clip, hf_clip_config, hf_loss_fn,
-                         load_digits_hf_clip, load_hf_clip, save_hf_clip)
-from mmcourse.losses import clip_loss
+from mmcourse.data import zero_shot_metadata as meta
+from mmcourse.evaluation import build_zero_shot_classifier, retrieval_metrics
+from mmcourse.models import (HFCLIPAdapter, HFCLIPSettings, as_features, build_hf_clip, hf_clip_config, hf_loss_fn,
+                             load_hf_clip, save_hf_clip)
+from mmcourse.recipes import load_digits_hf_clip
+from mmcourse.objectives import clip_loss
 from mmcourse.models import eot_positions
-from mmcourse.tokenizer import default_tokenizer
-from mmcourse.train import TrainConfig, clip_loss_fn, fit
+from mmcourse.data.tokenizer import default_tokenizer
+from mmcourse.training import TrainConfig, clip_loss_fn, fit
 
 SMALL = HFCLIPSettings(width=32, layers=1, heads=2, embed_dim=16)
 

@@ -68,8 +68,8 @@ def test_no_hint_contains_a_solution_line(path):
 
 # -- tiered hints ----------------------------------------------------------------------------------
 
-from mmcourse.checks import CheckFailed, Variant, hint, run_check  # noqa: E402
-from mmcourse.checks import core  # noqa: E402
+from mmcourse.classroom.checks import CheckFailed, Variant, hint, run_check  # noqa: E402
+from mmcourse.classroom.checks import core  # noqa: E402
 
 
 @pytest.fixture()

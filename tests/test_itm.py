@@ -4,8 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmcourse.itm import (build_itm_pairs, hard_negative_weights, itm_loss_fn, itm_scores, same_caption_mask,
-                          sample_hard_negatives)
+from mmcourse.models import itm_scores
+from mmcourse.objectives import (build_itm_pairs, hard_negative_weights, itm_loss_fn, same_caption_mask,
+                                 sample_hard_negatives)
 
 CAPTIONS = ["a red circle.", "a blue square.", "a red circle.", "a cyan cross.", "a green triangle."]
 
@@ -132,7 +133,7 @@ def test_itm_pairs_are_positives_then_negatives():
 
 
 def test_itm_loss_trains_a_matcher_and_scores_are_probabilities():
-    from mmcourse.fusion import FusionConfig, FusionModel
+    from mmcourse.models import FusionConfig, FusionModel
     from mmcourse.models import CLIPConfig
 
     towers = CLIPConfig(image_size=8, in_channels=3, cnn_channels=(4, 8), image_width=16, text_width=16,

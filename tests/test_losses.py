@@ -1,4 +1,4 @@
-"""Tests of mmcourse.losses against trusted references: open_clip's ClipLoss/SigLipLoss, a naive
+"""Tests of mmcourse.objectives.losses against trusted references: open_clip's ClipLoss/SigLipLoss, a naive
 Python loop, F.cross_entropy, gradcheck, and properties (hypothesis)."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from open_clip.loss import ClipLoss as OpenClipLoss
 from open_clip.loss import SigLipLoss as OpenSigLipLoss
 
-from mmcourse.losses import ClipLoss, SigLipLoss, alignment, clip_loss, info_nce, siglip_loss, uniformity
+from mmcourse.objectives import ClipLoss, SigLipLoss, alignment, clip_loss, info_nce, siglip_loss, uniformity
 
 f64 = torch.float64
 

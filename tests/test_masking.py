@@ -9,8 +9,9 @@ import torch
 from transformers import DataCollatorForLanguageModeling
 
 from mmcourse.data import Shapes
-from mmcourse.masking import IGNORE_INDEX, MaskingCollator, mask_selected, mask_tokens, maskable_positions, special_token_ids
-from mmcourse.tokenizer import default_tokenizer
+from mmcourse.data.masking import (IGNORE_INDEX, MaskingCollator, mask_selected, mask_tokens, maskable_positions,
+                                   special_token_ids)
+from mmcourse.data.tokenizer import default_tokenizer
 
 TOK = default_tokenizer()
 SPECIAL = special_token_ids(TOK)

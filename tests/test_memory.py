@@ -1,9 +1,9 @@
-"""Tests for mmcourse.memory: the measured peak is the bytes a call allocates."""
+"""Tests for mmcourse.training.memory: the measured peak is the bytes a call allocates."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from mmcourse.memory import memory_measurable, peak_memory
+from mmcourse.training import memory_measurable, peak_memory
 
 pytestmark = pytest.mark.skipif(not memory_measurable(), reason="needs Linux with glibc (or CUDA)")
 MiB = 2 ** 20
@@ -26,8 +26,8 @@ def test_peak_of_known_allocations():
 
 
 def test_blocked_loss_needs_less_memory_than_clip_loss():
-    from mmcourse.blockwise_loss import blocked_clip_loss
-    from mmcourse.losses import clip_loss
+    from mmcourse.objectives import blocked_clip_loss
+    from mmcourse.objectives import clip_loss
 
     x = F.normalize(torch.randn(2048, 32), dim=-1).requires_grad_()
     y = F.normalize(torch.randn(2048, 32), dim=-1).requires_grad_()

@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmcourse.losses import masked_token_accuracy, mlm_loss
-from mmcourse.masking import IGNORE_INDEX, MaskingCollator, mask_tokens
-from mmcourse.mlm import (MLMConfig, MaskedLanguageModel, cross_attention_weights, mlm_loss_fn, predict_masked,
-                          word_class_ids)
-from mmcourse.tokenizer import default_tokenizer
+from mmcourse.objectives.losses import masked_token_accuracy, mlm_loss
+from mmcourse.data.masking import IGNORE_INDEX, MaskingCollator, mask_tokens
+from mmcourse.models import (MLMConfig, MaskedLanguageModel, cross_attention_weights, mlm_loss_fn, predict_masked,
+                             word_class_ids)
+from mmcourse.data.tokenizer import default_tokenizer
 
 TOK = default_tokenizer()
 
@@ -208,7 +208,7 @@ def test_word_classes_partition_the_vocabulary():
 def test_fit_trains_a_text_mlm_and_the_loss_falls():
     from torch.utils.data import DataLoader
 
-    from mmcourse.train import TrainConfig, fit
+    from mmcourse.training import TrainConfig, fit
 
     model = tiny().train()
     captions = [f"a {s} {c} {h}." for s in ("small", "large") for c in ("red", "blue") for h in ("circle", "cross")]
@@ -233,8 +233,8 @@ def _tiny_mlm_config(image_conditioned=False):
 
 @pytest.mark.slow
 def test_text_and_image_mlm_train_once_then_load(tmp_path, monkeypatch):
-    import mmcourse.mlm_pretrained as mp
-    from mmcourse.train import TrainConfig
+    import mmcourse.recipes.mlm as mp
+    from mmcourse.training import TrainConfig
 
     fast = TrainConfig(epochs=1, lr=4e-3, progress=False, device="cpu")
     model, tok, history = mp.load_text_mlm(_tiny_mlm_config(), fast, cache_dir=tmp_path)
@@ -245,7 +245,7 @@ def test_text_and_image_mlm_train_once_then_load(tmp_path, monkeypatch):
     files = sorted(p.name for p in tmp_path.glob("*.pt"))
     assert len(files) == 2 and files[0].startswith("image_mlm_") and files[1].startswith("text_mlm_")
 
-    import mmcourse.pretrained as pretrained  # the one train-once mechanism
+    import mmcourse.recipes.cache as pretrained  # the one train-once mechanism
 
     monkeypatch.setattr(pretrained, "fit", lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
     again, _, history2 = mp.load_text_mlm(_tiny_mlm_config(), fast, cache_dir=tmp_path)
@@ -262,9 +262,9 @@ def test_text_and_image_mlm_train_once_then_load(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_few_pair_clip_starts_from_the_mlm_text_tower(tmp_path):
-    import mmcourse.mlm_pretrained as mp
+    import mmcourse.recipes.mlm as mp
     from mmcourse.models import CLIPConfig
-    from mmcourse.train import TrainConfig
+    from mmcourse.training import TrainConfig
 
     mlm_cfg, fast = _tiny_mlm_config(), TrainConfig(epochs=1, lr=4e-3, progress=False, device="cpu")
     clip_cfg = CLIPConfig(image_size=32, in_channels=3, cnn_channels=(4, 8), cnn_stem_stride=2, image_width=16,

@@ -1,4 +1,4 @@
-"""mmcourse.notebooks: a failing cell names the notebook and the cell; `make course` builds."""
+"""mmcourse.classroom.notebooks: a failing cell names the notebook and the cell; `make course` builds."""
 from __future__ import annotations
 
 import json
@@ -7,8 +7,8 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from mmcourse.notebooks import (NotebookCellError, NotebookFormatError, build_course, execute_notebook, first_error, main,
-                                read)
+from mmcourse.classroom.notebooks import (NotebookCellError, NotebookFormatError, build_course, execute_notebook,
+                                          first_error, main, read)
 
 
 def _write(path, *sources):

@@ -10,7 +10,7 @@ import nbformat
 import pytest
 
 from conftest import ROOT
-from mmcourse.course import MAX_LESSON_BYTES, WIDGET_VIEW, stale_cells
+from mmcourse.classroom.course import MAX_LESSON_BYTES, WIDGET_VIEW, stale_cells
 
 LESSONS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 ASSIGNMENTS = sorted((ROOT / "solutions").glob("*.ipynb")) + sorted((ROOT / "exercises").glob("*.ipynb"))
@@ -44,7 +44,7 @@ def test_lesson_outputs_are_up_to_date(path):
     """Every code cell of a lesson was executed by `make course` from its current source."""
     problems = stale_cells(_read(path))
     assert not problems, f"{_id(path)}: outputs out of date; run `make course` (or " \
-                         f"`python -m mmcourse.course {path.relative_to(ROOT)}`):\n  " + "\n  ".join(problems)
+                         f"`python -m mmcourse.classroom.course {path.relative_to(ROOT)}`):\n  " + "\n  ".join(problems)
 
 
 @pytest.mark.parametrize("path", LESSONS, ids=_id)
@@ -130,10 +130,10 @@ def test_lesson_has_the_course_shape(path):
     for heading in ("## Summary", "## Exercises", "## References"):
         assert heading in markdown, f"{_id(path)}: missing '{heading}'"
     assert markdown.rfind("## Summary") > len(markdown) * 0.6, f"{_id(path)}: the summary comes at the end"
-    # no pasted training loops: optimisation steps happen in mmcourse.train.fit
+    # no pasted training loops: optimisation steps happen in mmcourse.training.loop.fit
     for s in code:
         assert not re.search(r"\.step\(\)", s) or "def " in s or "# inline once" in s, \
-            f"{_id(path)}: an optimiser step outside mmcourse.train.fit:\n{s[:200]}"
+            f"{_id(path)}: an optimiser step outside mmcourse.training.loop.fit:\n{s[:200]}"
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "solutions").glob("*.ipynb")), ids=_id)

@@ -19,9 +19,9 @@ import nbformat
 import pytest
 
 from conftest import ROOT
-from mmcourse.course import execute_lesson, stale_cells
-from mmcourse.exercises import CODE_STUB
-from mmcourse.notebooks import NotebookCellError, execute_notebook
+from mmcourse.classroom.course import execute_lesson, stale_cells
+from mmcourse.classroom.exercises import CODE_STUB
+from mmcourse.classroom.notebooks import NotebookCellError, execute_notebook
 
 LESSONS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 SOLUTIONS = sorted((ROOT / "solutions").glob("[0-9][0-9]_*.ipynb"))
@@ -130,9 +130,9 @@ def test_course_cli_check_reports_stale_lessons(tmp_path):
     next(c for c in nb.cells if c.cell_type == "code").source += "\n# edited"
     path = tmp_path / "00_welcome.ipynb"
     nbformat.write(nb, str(path))
-    run = subprocess.run([sys.executable, "-m", "mmcourse.course", "--check", str(path)], capture_output=True,
+    run = subprocess.run([sys.executable, "-m", "mmcourse.classroom.course", "--check", str(path)], capture_output=True,
                          text=True, timeout=120)
     assert run.returncode == 1 and "00_welcome.ipynb" in run.stdout and "Cell 0" in run.stdout, run.stdout
-    ok = subprocess.run([sys.executable, "-m", "mmcourse.course", "--check", *map(str, LESSONS)],
+    ok = subprocess.run([sys.executable, "-m", "mmcourse.classroom.course", "--check", *map(str, LESSONS)],
                         capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stdout

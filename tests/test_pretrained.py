@@ -1,11 +1,12 @@
-"""Tests for mmcourse.pretrained: train once, cache by config hash, load, resume after interruption."""
+"""Tests for mmcourse.recipes.clip: train once, cache by config hash, load, resume after interruption."""
 import pytest
 import torch
 
-import mmcourse.pretrained as pretrained
-from mmcourse.pretrained import (config_hash, digits_clip_config, digits_train_config, load_digits_clip,
-                                 load_shapes_clip, shapes_clip_config)
-from mmcourse.train import Callback, TrainConfig
+import mmcourse.recipes.cache as cache
+import mmcourse.recipes.clip as pretrained
+from mmcourse.recipes import (config_hash, digits_clip_config, digits_train_config, load_digits_clip,
+                              load_shapes_clip, shapes_clip_config)
+from mmcourse.training import Callback, TrainConfig
 
 
 def tiny_digits(tokenizer=None):
@@ -27,7 +28,7 @@ def test_train_then_load_from_cache(tmp_path, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("should have loaded from the cache")
 
-    monkeypatch.setattr(pretrained, "fit", no_training)
+    monkeypatch.setattr(cache, "fit", no_training)
     again, _, history2 = load_digits_clip(tiny_digits(), digits_train_config(**FAST), cache_dir=tmp_path)
     assert history2.loss == history.loss
     for k, v in model.state_dict().items():
@@ -43,8 +44,8 @@ def test_train_then_load_from_cache(tmp_path, monkeypatch):
 
 def test_cache_dir_from_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("MMCOURSE_CACHE", str(tmp_path / "env"))
-    assert pretrained.cache_dir() == tmp_path / "env"
-    assert pretrained.cache_dir(tmp_path / "x") == tmp_path / "x"
+    assert cache.cache_dir() == tmp_path / "env"
+    assert cache.cache_dir(tmp_path / "x") == tmp_path / "x"
 
 
 def test_config_hash_is_stable_and_sensitive():
@@ -92,16 +93,16 @@ def test_concurrent_requests_train_once(tmp_path):
 
     code = textwrap.dedent(f"""
         import time
-        from mmcourse.pretrained import train_or_load, digits_clip_config, digits_train_config
+        from mmcourse.recipes import clip_recipe, train_or_load, digits_clip_config, digits_train_config
         from mmcourse.data import digits_dataloaders
-        from mmcourse.tokenizer import default_tokenizer
+        from mmcourse.data.tokenizer import default_tokenizer
         tok = default_tokenizer()
         calls = []
         def make_loader():
             calls.append(1)
             return digits_dataloaders(tok, batch_size=128)[0]
         cfg = digits_train_config(epochs=1, progress=False)
-        train_or_load("race", digits_clip_config(tok), cfg, make_loader, {{"d": 1}}, cache={str(tmp_path)!r})
+        train_or_load(clip_recipe("race", digits_clip_config(tok), cfg, make_loader, {{"d": 1}}), cache={str(tmp_path)!r})
         print("trained" if calls else "loaded")
     """)
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(2)]

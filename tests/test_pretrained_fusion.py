@@ -3,10 +3,10 @@ then load from the cache, and the loaders build what they promise."""
 import pytest
 import torch
 
-import mmcourse.pretrained_fusion as pf
+import mmcourse.recipes.fusion as pf
 from mmcourse.data import faces_corpus, vqa_corpus
-from mmcourse.fusion import FUSIONS, FusionModel
-from mmcourse.tokenizer import default_tokenizer, caption_corpus
+from mmcourse.models import FUSIONS, FusionModel
+from mmcourse.data.tokenizer import default_tokenizer, caption_corpus
 
 FAST = dict(epochs=1, progress=False, device="cpu")
 
@@ -32,21 +32,27 @@ class Tiny(torch.nn.Module):
         return self.w(x)
 
 
-def test_train_or_load_model_trains_once(tmp_path, monkeypatch):
+def test_a_recipe_trains_once(tmp_path, monkeypatch):
+    """Any nn.Module with its own loss_fn goes through the one Recipe / train_or_load convention."""
+    from mmcourse.recipes import Recipe, train_or_load
+
     data = [(torch.randn(4, 2), torch.randint(0, 2, (4,))) for _ in range(3)]
     loss = lambda m, b: torch.nn.functional.cross_entropy(m(b[0]), b[1])  # noqa: E731
-    args = ("tiny", Tiny, {"width": 2}, pf.TrainConfig(**FAST), lambda: data, {"n": 3}, loss, tmp_path)
-    model, history = pf.train_or_load_model(*args)
+    recipe = Recipe("tiny", Tiny, {"width": 2}, pf.TrainConfig(**FAST), lambda: data, {"n": 3}, loss_fn=loss)
+    model, history, path = train_or_load(recipe, cache=tmp_path)
     assert len(history.loss) == 3 and not model.training
-    assert [p.name for p in tmp_path.glob("tiny_*.pt")] and not list(tmp_path.glob("*.partial.pt"))
-    import mmcourse.pretrained as pretrained  # the one train-once mechanism
+    assert path == recipe.path(tmp_path) and path.exists() and not list(tmp_path.glob("*.partial.pt"))
+    import mmcourse.recipes.cache as cache  # the one train-once mechanism
 
-    monkeypatch.setattr(pretrained, "fit", lambda *a, **k: pytest.fail("should have loaded from the cache"))
-    again, history2 = pf.train_or_load_model(*args)
+    monkeypatch.setattr(cache, "fit", lambda *a, **k: pytest.fail("should have loaded from the cache"))
+    again, history2, _ = train_or_load(recipe, cache=tmp_path)
     assert history2.loss == history.loss
     torch.testing.assert_close(again.w.weight, model.w.weight)
     with pytest.raises(pytest.fail.Exception):  # another model key trains again
-        pf.train_or_load_model("tiny", Tiny, {"width": 3}, *args[3:])
+        train_or_load(Recipe("tiny", Tiny, {"width": 3}, pf.TrainConfig(**FAST), lambda: data, {"n": 3}, loss_fn=loss),
+                      cache=tmp_path)
+    with pytest.raises(TypeError, match="takes a Recipe"):
+        train_or_load("tiny", cache=tmp_path)
 
 
 @pytest.mark.parametrize("fusion", ["text", "film"])
@@ -63,7 +69,7 @@ def test_load_sentiment_and_vqa_models(tmp_path, fusion):
 
 @pytest.mark.slow
 def test_itm_and_vqa_from_clip_start_from_lesson_06s_towers(tmp_path):
-    from mmcourse.pretrained import load_shapes_clip
+    from mmcourse.recipes import load_shapes_clip
 
     clip = load_shapes_clip(two_objects=True).model.cpu()
     model, history = pf.load_itm_model(hard=True, n_train=128, train_config=pf.itm_train_config(**FAST), cache=tmp_path)

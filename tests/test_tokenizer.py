@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from mmcourse import zero_shot_metadata as meta
-from mmcourse.tokenizer import (DEFAULT_CONTEXT_LENGTH, SPECIAL_TOKENS, build_tokenizer, caption_corpus,
-                                default_tokenizer, load_tokenizer)
+from mmcourse.data import zero_shot_metadata as meta
+from mmcourse.data.tokenizer import (DEFAULT_CONTEXT_LENGTH, SPECIAL_TOKENS, build_tokenizer, caption_corpus,
+                                     default_tokenizer, load_tokenizer)
 
 
 @pytest.fixture(scope="module")

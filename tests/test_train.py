@@ -1,4 +1,4 @@
-"""Tests for mmcourse.train: parameter groups, schedule, clamp, determinism, exact resume, learning."""
+"""Tests for mmcourse.training.loop: parameter groups, schedule, clamp, determinism, exact resume, learning."""
 import math
 
 import pytest
@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from mmcourse.models import CLIP, CLIPConfig
-from mmcourse.train import (Callback, History, LivePlot, TrainConfig, clamp_logit_scale, clip_loss_fn, fit,
-                            load_checkpoint, lr_factor, param_groups)
+from mmcourse.training import (Callback, History, LivePlot, TrainConfig, clamp_logit_scale, clip_loss_fn, fit,
+                               load_checkpoint, lr_factor, param_groups)
 
 TINY = dict(image_width=32, text_width=32, embed_dim=16, cnn_channels=(8, 16), text_heads=2, vocab_size=16,
             context_length=6, text_layers=1)
@@ -417,7 +417,7 @@ def test_history_round_trip():
 
 
 def test_default_loss_is_siglip_for_a_model_with_bias():
-    from mmcourse.losses import siglip_loss
+    from mmcourse.objectives import siglip_loss
 
     torch.manual_seed(0)
     model = CLIP(CLIPConfig(**TINY, init_logit_bias=-10.0, init_logit_scale=math.log(10)))
@@ -440,7 +440,7 @@ def test_same_loader_object_reused_gives_the_same_run():
 
 
 def test_resume_with_another_number_of_processes_raises(tmp_path):
-    from mmcourse.checkpoint import check_resumable, loader_fingerprint
+    from mmcourse.training import check_resumable, loader_fingerprint
 
     ckpt_path, model, loader = _stopped_run(tmp_path)
     ckpt = load_checkpoint(ckpt_path)

@@ -5,10 +5,10 @@ from collections import Counter
 import pytest
 import torch
 
-from mmcourse import zero_shot_metadata as meta
+from mmcourse.data import zero_shot_metadata as meta
 from mmcourse.data import (ANSWERS, QUESTION_TYPES, ShapesVQA, make_collate, per_type_accuracy,
                            question_prior_predictions, vqa_corpus)
-from mmcourse.tokenizer import default_tokenizer
+from mmcourse.data.tokenizer import default_tokenizer
 
 HOLDOUT = ("red circle", "blue square")
 CHANCE = {"colour": 1 / 6, "exists": 1 / 2, "count": 1 / 3, "relation": 1 / 3}

@@ -17,12 +17,14 @@ Everything is deterministic given `seed`. Training captions are drawn afresh eac
 item is read (from torch's global generator, which `seed_everything` seeds), so a model sees
 many phrasings of each image; val and test captions are fixed per item.
 """
-from .digits import CaptionedDigits, digit_augmentation, digits_dataloaders, load_digit_arrays, make_digits_splits
-from .loaders import SPLITS, make_collate
-from .faces import EXPRESSIONS, MESSAGE_KINDS, MESSAGES, FacesSentiment, faces_corpus, render_faces, sentiment_label
-from .shapes import SHAPES_CLASSNAMES, Shapes, render_objects, shapes_dataloaders
-from .vqa import (ANSWERS, QUESTION_TYPES, ShapesVQA, per_type_accuracy, question_prior_predictions,
-                  vqa_corpus)
+from mmcourse.data.digits import (CaptionedDigits, digit_augmentation, digits_dataloaders, load_digit_arrays,
+                                  make_digits_splits)
+from mmcourse.data.loaders import SPLITS, make_collate
+from mmcourse.data.faces import (EXPRESSIONS, MESSAGE_KINDS, MESSAGES, FacesSentiment, faces_corpus, render_faces,
+                                 sentiment_label)
+from mmcourse.data.shapes import SHAPES_CLASSNAMES, Shapes, render_objects, shapes_dataloaders
+from mmcourse.data.vqa import (ANSWERS, QUESTION_TYPES, ShapesVQA, per_type_accuracy, question_prior_predictions,
+                               vqa_corpus)
 
 __all__ = ["SPLITS", "SHAPES_CLASSNAMES", "CaptionedDigits", "Shapes", "digit_augmentation", "digits_dataloaders",
            "load_digit_arrays", "make_collate", "make_digits_splits", "render_objects", "shapes_dataloaders",

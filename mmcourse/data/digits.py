@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from .. import zero_shot_metadata as meta
-from .loaders import _SPLIT_ID, SPLITS, _check_split, _loaders, _resolve_templates
+from mmcourse.data import zero_shot_metadata as meta
+from mmcourse.data.loaders import _SPLIT_ID, SPLITS, _check_split, _loaders, _resolve_templates
 
 @functools.lru_cache(maxsize=1)
 def load_digit_arrays() -> tuple[np.ndarray, np.ndarray]:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .loaders import _SPLIT_ID, _check_split
+from mmcourse.data.loaders import _SPLIT_ID, _check_split
 
 EXPRESSIONS = ("happy", "sad", "angry")
 MESSAGE_KINDS = ("cheer", "comfort", "nice", "rude")

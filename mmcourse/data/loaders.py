@@ -49,7 +49,7 @@ def make_collate(tokenizer: Callable[[list[str]], dict[str, torch.Tensor]]) -> C
 
     Args:
         tokenizer: callable `tokenizer(list[str]) -> {"input_ids": (B, L), "attention_mask": (B, L)}`
-            (e.g. `mmcourse.tokenizer.default_tokenizer()`).
+            (e.g. `mmcourse.data.tokenizer.default_tokenizer()`).
 
     Returns:
         `collate(items) -> {"image": (B, C, H, W) float, "input_ids": (B, L) long,
@@ -77,7 +77,7 @@ def make_collate(tokenizer: Callable[[list[str]], dict[str, torch.Tensor]]) -> C
 
 def _loaders(datasets: dict[str, Dataset], tokenizer, batch_size: int, seed: int, num_workers: int):
     if tokenizer is None:
-        from ..tokenizer import default_tokenizer
+        from mmcourse.data.tokenizer import default_tokenizer
 
         tokenizer = default_tokenizer()
     if not isinstance(batch_size, int) or batch_size < 1:

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .. import zero_shot_metadata as meta
-from .loaders import _SPLIT_ID, SPLITS, _check_split, _loaders, _resolve_templates
+from mmcourse.data import zero_shot_metadata as meta
+from mmcourse.data.loaders import _SPLIT_ID, SPLITS, _check_split, _loaders, _resolve_templates
 
 def _sdf(shape: str, dx: torch.Tensor, dy: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     """Signed distance (pixels, negative inside) of a shape of radius `r` centred at the origin."""

@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .. import zero_shot_metadata as meta
-from .loaders import _SPLIT_ID, _check_split
-from .shapes import _parse_holdout, render_objects
+from mmcourse.data import zero_shot_metadata as meta
+from mmcourse.data.loaders import _SPLIT_ID, _check_split
+from mmcourse.data.shapes import _parse_holdout, render_objects
 
 QUESTION_TYPES = ("colour", "exists", "count", "relation")
 COUNT_NAMES = ("one", "two", "three")

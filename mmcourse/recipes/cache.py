@@ -1,0 +1,181 @@
+"""The course's own trained models: train once, then cache.
+
+Every lesson model the course trains itself (never downloaded, never "pre-trained weights" from
+elsewhere) is a `Recipe`: the data (`make_loader`, `data_key`), the model builder and its
+`settings`, and the `TrainConfig`. `train_or_load(recipe)` trains it with `mmcourse.training.fit`
+the first time and loads it afterwards.
+
+A trained model is saved under a name that hashes everything that determines it (model settings,
+training config, data settings, a format version), in `MMCOURSE_CACHE` or else
+`~/.cache/mmcourse`. Files are written atomically (temporary file, then rename), so an
+interrupted save never leaves a broken cache entry; an interrupted *training* keeps its
+checkpoint and resumes from it on the next call. Two processes asking for the same model: the
+second waits for the first (an inter-process lock), then loads its result.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, NamedTuple, Sequence
+
+import torch
+import torch.nn as nn
+
+from mmcourse.models.clip import CLIP, CLIPConfig
+from mmcourse.training.types import History, TrainConfig
+from mmcourse.training.loop import fit
+from mmcourse.training.checkpoint import load_checkpoint, save_atomic
+
+
+CACHE_VERSION = 1  # bump when the saved format or the training code changes what a config means
+
+
+# ------------------------------------------------------------------------------ the cache
+
+def cache_dir(path: str | os.PathLike | None = None) -> Path:
+    """Where trained models are kept: `path`, else `MMCOURSE_CACHE`, else `~/.cache/mmcourse`."""
+    path = path or os.environ.get("MMCOURSE_CACHE") or Path.home() / ".cache" / "mmcourse"
+    return Path(path).expanduser()
+
+
+def config_hash(*parts: Any) -> str:
+    """A short stable hash of dataclasses / JSON-able values."""
+    text = json.dumps([CACHE_VERSION, [_jsonable(p) for p in parts]], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _jsonable(value: Any) -> Any:
+    """Dataclasses as dicts, also inside lists, tuples and dicts (what the key and the saved settings hold)."""
+    if hasattr(value, "__dataclass_fields__"):
+        return asdict(value)
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def _train_key(config: TrainConfig) -> dict[str, Any]:
+    # Settings that do not change the trained weights stay out of the key.
+    return {k: v for k, v in asdict(config).items() if k not in ("device", "progress", "log_every")}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One of the course's trained models, as data: what to build, on what data, how to train.
+
+    Attributes:
+        name: a file-name-safe model name, e.g. "digits_clip" (the cache file starts with it).
+        build_model: `build_model() -> nn.Module`, called after seeding torch with
+            `train_config.seed`, so the initial weights depend on the seed only.
+        settings: what defines the architecture (a dataclass or JSON-able value); hashed into the key.
+        train_config: how to train (`mmcourse.training.TrainConfig`).
+        make_loader: `make_loader() -> DataLoader` of training batches (called only to train).
+        data_key: JSON-able description of the data (hashed into the key), or None.
+        loss_fn: `loss_fn(model, batch) -> loss` for `fit` (default: the CLIP loss).
+        val_fn: `val_fn(model) -> dict` run by `fit` after each epoch (recorded in the history).
+    """
+
+    name: str
+    build_model: Callable[[], nn.Module]
+    settings: Any
+    train_config: TrainConfig
+    make_loader: Callable[[], Any]
+    data_key: Any = None
+    loss_fn: Callable | None = None
+    val_fn: Callable | None = None
+
+    def key(self) -> str:
+        """The hash of everything that determines the trained weights: name, settings, training
+        config (minus device/progress/log_every, which do not change them) and data key."""
+        return config_hash(self.name, self.settings, _train_key(self.train_config), self.data_key)
+
+    def path(self, cache: str | os.PathLike | None = None) -> Path:
+        """The cache file this recipe's model is (or will be) saved in."""
+        return cache_dir(cache) / f"{self.name}_{self.key()}.pt"
+
+
+class TrainedModel(NamedTuple):
+    """What `train_or_load` returns; unpacks as `model, history, path = ...`."""
+
+    model: nn.Module
+    history: History
+    path: Path
+
+
+def train_or_load(recipe: Recipe, *, cache: str | os.PathLike | None = None, force: bool = False,
+                  callbacks: Sequence = (), device: str | torch.device | None = None) -> TrainedModel:
+    """Train once, then cache: the one mechanism behind every trained model of every lesson.
+
+    Loads `recipe`'s model from the cache if one with exactly this recipe's key was trained
+    before; otherwise builds it, trains it with `mmcourse.training.fit` (resuming an interrupted
+    earlier attempt from its checkpoint) and caches its `state_dict()`. Two notebooks (or test
+    workers) asking for the same model at once: the second waits for the first, then loads its
+    result.
+
+    Args:
+        recipe: the `Recipe`.
+        cache: the cache folder (default `MMCOURSE_CACHE` or `~/.cache/mmcourse`).
+        force: retrain even if cached.
+        callbacks: passed to `fit` when training (e.g. `LivePlot()`).
+        device: where to put a loaded model (default `train_config.device`, else `get_device()`).
+
+    Returns:
+        `TrainedModel(model in eval mode, its training History, the cache file)`; if training was
+        interrupted, the model so far and the checkpoint the next call resumes from.
+    """
+    if not isinstance(recipe, Recipe):
+        raise TypeError(f"train_or_load takes a Recipe, got {type(recipe).__name__}")
+    train_config = recipe.train_config
+    path = recipe.path(cache)
+    with _exclusive(path.with_name(path.name + ".lock")):
+        partial = path.with_name(path.stem + ".partial.pt")
+        torch.manual_seed(train_config.seed)  # the initial weights depend on the seed only
+        model = recipe.build_model()
+        if path.exists() and not force:
+            from mmcourse.utils import get_device
+
+            saved = load_checkpoint(path)
+            model.load_state_dict(saved["model"])
+            model.to(torch.device(device or train_config.device or get_device()))
+            return TrainedModel(model.eval(), History.from_dict(saved["history"]), path)
+        if force:
+            partial.unlink(missing_ok=True)
+        history = fit(model, recipe.make_loader(), train_config, loss_fn=recipe.loss_fn, val_fn=recipe.val_fn,
+                      callbacks=callbacks, checkpoint_path=partial, resume=True)
+        if history.stopped == "interrupted":
+            warnings.warn(f"training was interrupted; the next call resumes from {partial}", stacklevel=2)
+            return TrainedModel(model.eval(), history, partial)
+        save_atomic({"model": {k: v.cpu() for k, v in model.state_dict().items()}, "settings": _jsonable(recipe.settings),
+                     "train_config": asdict(train_config), "data": recipe.data_key, "history": history.to_dict()},
+                    path)
+        partial.unlink(missing_ok=True)
+        return TrainedModel(model.eval(), history, path)
+
+
+def clip_recipe(name: str, config: CLIPConfig, train_config: TrainConfig, make_loader: Callable[[], Any],
+                data_key: Any, val_fn: Callable | None = None) -> Recipe:
+    """A `Recipe` for the course's `CLIP` built from `config` (trained with the CLIP loss)."""
+    return Recipe(name, lambda: CLIP(config), config, train_config, make_loader, data_key, val_fn=val_fn)
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path):
+    """An inter-process lock on `lock_path` (a no-op where fcntl does not exist, e.g. Windows)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

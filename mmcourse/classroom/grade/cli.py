@@ -93,7 +93,8 @@ def grade_submission(sub: Submission, cells: list[GradeCell], judge: Judge, cell
                   **(timeouts or {})}
         try:
             runs = execute(nb, work, cell_timeout, total_timeout, env, {c.grade_id: c for c in cells},
-                           limits, memory_mb, prepared.inserted, (work, private) if isolated else None, after_graded)
+                           limits, memory_mb, prepared.inserted, (work, private) if isolated else None, after_graded,
+                           private / "usage")
         except Exception as err:  # noqa: BLE001 - e.g. the kernel cannot start: report, go on
             return all_failed(_short(f"grader error: {type(err).__name__}: {err}"))
         for index, cell in enumerate(nb.cells):  # a time-out in a cell the student did not write is not theirs
@@ -122,6 +123,10 @@ def grade_submission(sub: Submission, cells: list[GradeCell], judge: Judge, cell
             executed_dir.mkdir(parents=True, exist_ok=True)
             nbformat.write(nb, str(executed_dir / f"{sub.student}.ipynb"))
         rows = collect(sub.student, nb, cells, runs, prepared)
+        try:
+            sub.kernel_cpu = float((private / "usage").read_text()[:30])
+        except (OSError, ValueError):
+            pass
     for row in rows:
         row.isolation = isolation_note
         hits, problem = notes.get(row.grade_id, ([], "")) if row.passed is not None else ([], "")
@@ -204,7 +209,8 @@ def _grade_all(submissions, cells, judge, cell_timeout, total_timeout, env, exec
         t0 = time.monotonic()
         mine = grade_submission(sub, cells, judge, cell_timeout, total_timeout, env, executed_dir, solution_keys,
                                 timeouts, memory_mb, isolated, note)
-        print(f"  {sub.student}: {sum(r.points or 0 for r in mine)}/{points} ({time.monotonic() - t0:.1f} s)", file=log)
+        cpu = f", kernel CPU {sub.kernel_cpu:.1f} s" if sub.kernel_cpu is not None else ""
+        print(f"  {sub.student}: {sum(r.points or 0 for r in mine)}/{points} ({time.monotonic() - t0:.1f} s{cpu})", file=log)
         return mine
 
     if jobs <= 1:  # in the main thread: Ctrl-C stops at once

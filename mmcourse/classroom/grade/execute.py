@@ -85,13 +85,14 @@ def execute(nb: nbformat.NotebookNode, cwd: Path, cell_timeout: float, total_tim
             env: dict[str, str] | None = None, graded: dict[str, GradeCell] | None = None,
             timeouts: dict[str, float] | None = None, memory_mb: float | None = DEFAULT_MEMORY_MB,
             inserted: set[int] | None = None, sandbox: tuple[Path, Path] | None = None,
-            after_graded: Callable[[NotebookClient, str, float], None] | None = None) -> list[CellRun]:
+            after_graded: Callable[[NotebookClient, str, float], None] | None = None,
+            usage: Path | None = None) -> list[CellRun]:
     """Run every code cell of `nb` (in place) in a fresh kernel; never raises for what the
     notebook does. Returns what happened to each cell.
 
     `graded` (grade_id -> cell): after each of these cells (if the kernel still answers)
     `after_graded(client, grade_id, seconds left)` asks the kernel for the cell's values (see
-    `collect_values`). `sandbox` = (work, private) runs the kernel in the bubblewrap sandbox
+    `collect_values`). `usage`: a file the kernel writes its CPU seconds to at the end. `sandbox` = (work, private) runs the kernel in the bubblewrap sandbox
     (`mmcourse.classroom.grade.sandbox`). `timeouts` (cell key -> seconds) raise the limit of a tagged cell.
     `memory_mb` limits each kernel's data memory (None: no limit). `inserted` (ids of cells
     the grader put back) are left out of the code-cell numbers messages give.
@@ -162,6 +163,9 @@ def execute(nb: nbformat.NotebookNode, cwd: Path, cell_timeout: float, total_tim
             runs[index] = CellRun("ran", reply=client.replies.get(index, ""), token=token)
             if key in graded and after_graded is not None:
                 after_graded(client, key, total_timeout - (time.monotonic() - start))
+        if usage is not None and not stop_reason:  # the kernel's own CPU seconds, for the log (informative only)
+            _silent(client, "import resource as _r; _u = _r.getrusage(_r.RUSAGE_SELF); "
+                            f"open({str(usage)!r}, 'w').write(str(_u.ru_utime + _u.ru_stime)); del _r, _u")
     return runs
 
 

@@ -74,6 +74,7 @@ class Submission:
     path: Path | None
     problem: str = ""  # non-empty: not gradable, this is why
     ignored: list[Path] = field(default_factory=list)  # other notebooks of the same student
+    kernel_cpu: float | None = None  # CPU seconds the student's kernel reported (after grading; informative)
 
 
 @dataclass

@@ -65,6 +65,22 @@ def _cache_dirs() -> list[Path]:
     return [d.resolve() for d in dirs if d.exists()]
 
 
+def _cache_view(private: Path) -> Path | None:
+    """`private/cache`: a link to every file of the course's model cache (read-only in the sandbox).
+    The kernel loads the models through the links; the lock files it takes and anything it saves
+    land in this folder of its own, never in the cache the other kernels read."""
+    home = Path.home() / ".cache" / "mmcourse"
+    cache = Path(os.environ["MMCOURSE_CACHE"]) if os.environ.get("MMCOURSE_CACHE") else home
+    if not cache.is_dir():
+        return None
+    view = private / "cache"
+    view.mkdir(exist_ok=True)
+    for entry in cache.resolve().iterdir():
+        if not entry.name.endswith(".lock") and not (view / entry.name).exists():
+            (view / entry.name).symlink_to(entry)
+    return view
+
+
 def bwrap_command(work: Path, private: Path) -> list[str]:
     """The bubblewrap prefix that runs a kernel in `work` (read-write, holding the submission),
     with `private` (read-write: the grader's requests, answers, sockets) and nothing else
@@ -81,6 +97,9 @@ def bwrap_command(work: Path, private: Path) -> list[str]:
     cmd += ["--ro-bind", str(PACKAGE), str(PACKAGE), "--tmpfs", str(GRADER)]
     for cache in _cache_dirs():
         cmd += ["--ro-bind", str(cache), str(cache)]
+    view = _cache_view(private)
+    if view is not None:  # the model cache through links in a folder of its own: lock files and writes stay there
+        cmd += ["--setenv", "MMCOURSE_CACHE", str(view)]
     cmd += ["--bind", str(work), str(work), "--bind", str(private), str(private),
             "--dev", "/dev", "--proc", "/proc",
             "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--die-with-parent", "--new-session",

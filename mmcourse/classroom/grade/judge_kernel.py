@@ -63,12 +63,16 @@ def _recorder(name, fn, calls):
     def recorded(*args, **kwargs):
         key = digest([list(args), dict(kwargs)])
         if key not in seen:
+            import torch
+
             seen.add(key)
             try:
                 inputs = copy.deepcopy((args, kwargs))
             except Exception:  # noqa: BLE001 - then the student's kernel cannot get this input
                 inputs = None
-            calls.append({"name": name, "digest": key, "inputs": inputs})
+            # the generators' state at the call: a function that draws (dropout, sampling) draws the same
+            calls.append({"name": name, "digest": key, "inputs": inputs, "rng": torch.get_rng_state(),
+                          "random": random.getstate()})
         return fn(*args, **kwargs)
 
     recorded.__name__ = getattr(fn, "__name__", name)
@@ -102,6 +106,7 @@ def dump_requests(folder: str, forbid: dict) -> dict:
                 continue
             args, kwargs = call["inputs"]
             request.append({"name": call["name"], "kind": "call", "args": args, "kwargs": kwargs,
+                            "rng": call.get("rng"), "random": call.get("random"),
                             "forbid": tuple(forbid.get(call["name"], ())), "digest": call["digest"]})
         _STATE.setdefault("requests", {})[key] = [{k: v for k, v in r.items() if k in ("name", "kind", "digest")}
                                                   for r in request]

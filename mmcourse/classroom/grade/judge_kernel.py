@@ -161,8 +161,14 @@ def _apply_after(received, after) -> None:
             pass
         return
     if isinstance(after, dict) and "__state__" in after and hasattr(received, "load_state_dict"):
+        state = after["__state__"] if isinstance(after["__state__"], dict) else {}
+        grads = {k[5:]: v for k, v in state.items() if isinstance(k, str) and k.startswith("grad:")}
         try:
-            received.load_state_dict(after["__state__"])
+            received.load_state_dict({k: v for k, v in state.items() if not (isinstance(k, str) and k.startswith("grad:"))})
+            if hasattr(received, "named_parameters"):
+                for name, param in received.named_parameters():
+                    g = grads.get(name)
+                    param.grad = g.to(param.dtype) if isinstance(g, torch.Tensor) and g.shape == param.shape else None
         except Exception:  # noqa: BLE001 - a state the student's code broke: the check sees the old one
             pass
         return

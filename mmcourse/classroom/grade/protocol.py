@@ -92,7 +92,9 @@ def encode(value, tensors: dict, _depth: int = 0):
     if torch is not None and isinstance(value, torch.Generator):  # its state: where it will draw next
         return {"generator": encode(value.get_state(), tensors, _depth + 1)}
     if torch is not None and isinstance(value, torch.nn.Module):
-        return {"module": type(value).__name__, "state": encode(dict(value.state_dict()), tensors, _depth + 1)}
+        state = dict(value.state_dict())  # and the gradients a step left (grad:<name>)
+        state.update({f"grad:{n}": p.grad for n, p in value.named_parameters() if p.grad is not None})
+        return {"module": type(value).__name__, "state": encode(state, tensors, _depth + 1)}
     if isinstance(value, tuple):
         return {"tuple": [encode(v, tensors, _depth + 1) for v in tuple.__iter__(value)]}
     if isinstance(value, list):

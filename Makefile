@@ -36,7 +36,7 @@ doctor:  ## check Python, torch/torchvision and every package the course needs; 
 	@$(DOCTOR)
 
 exercises: setup  ## regenerate exercises/ from solutions/
-	$(BIN)/python -m mmcourse.classroom.exercises
+	$(BIN)/python -m mmcourse.classroom.exercises && echo "make exercises: exercises/ generated from solutions/ (each file written is listed above; none listed: all were up to date)"
 
 check: setup  ## fail if exercises/ is stale
 	$(BIN)/python -m mmcourse.classroom.exercises --check

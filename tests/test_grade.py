@@ -24,6 +24,7 @@ import nbformat
 import pytest
 
 import mmcourse.classroom.grade as grade
+from importlib import import_module
 from conftest import ROOT
 from mmcourse.classroom.checks.core import CHECK_MIMETYPE
 from mmcourse.classroom.exercises import make_exercise, normalise_solution
@@ -76,8 +77,7 @@ EXPECTED = [
     ("erin", HIDDEN, "no", "0", "1", "not run", DIED),
     ("erin", "(other cells)", "", "", "", "kernel died", "code cell 4 under “Exercise 2: mean” (`import os`) the kernel "
                                                          "died while running it (os._exit, a crash, or out of memory)"),
-    *_all("forger", NO_RESULT, "failed")[:2],
-    ("forger", HIDDEN, "no", "0", "1", "not attempted", NOT_ATTEMPTED),
+    *_all("forger", NOT_ATTEMPTED, "not attempted"),  # its input transformer only ever ran in its own kernel
     ("frank", EX1, "yes", "1", "1", "passed", DOUBLE_OK),
     ("frank", EX2, "yes", "2", "2", "passed", MEAN_OK),
     ("frank", HIDDEN, "yes", "1", "1", "passed", "passed"),
@@ -208,8 +208,8 @@ def graded(tmp_path_factory):
     write_submissions(root)
     before = digest(root)
     mp = pytest.MonkeyPatch()
-    mp.setattr(grade, "PROBE_TIMEOUT", 2)  # zed's kernel ignores interrupts: give up on it quickly
-    mp.setattr(grade, "IOPUB_TIMEOUT", 4)  # (and on its idle message)
+    mp.setattr(import_module("mmcourse.classroom.grade.execute"), "PROBE_TIMEOUT", 2)  # zed's kernel ignores interrupts
+    mp.setattr(import_module("mmcourse.classroom.grade.execute"), "IOPUB_TIMEOUT", 4)  # (and on its idle message)
     mp.delenv("MMCOURSE_CHECK_TIMEOUT", raising=False)
     log = io.StringIO()
     try:
@@ -240,8 +240,9 @@ def test_csv_rows_are_exactly_as_expected(graded):
 @pytest.mark.slow
 def test_rows_say_where_the_cell_is_and_its_id(graded):
     by = {(r[0], r[1]): r for r in graded["rows"][1:]}
-    assert by["alice", EX1][7:] == ["code cell 3 under “Exercise 1: double” (`# Check: double`)", "check-double"]
-    assert by["alice", HIDDEN][7:] == ["code cell 6 under “Exercise 2: mean” (`### BEGIN HIDDEN TESTS`)", "hidden-mean"]
+    assert by["alice", EX1][7:9] == ["code cell 3 under “Exercise 1: double” (`# Check: double`)", "check-double"]
+    assert by["alice", EX1][9] == grade.isolation("auto")[1]  # how the kernel was isolated, in every row
+    assert by["alice", HIDDEN][7:9] == ["code cell 6 under “Exercise 2: mean” (`### BEGIN HIDDEN TESTS`)", "hidden-mean"]
 
 
 @pytest.mark.slow
@@ -383,17 +384,59 @@ def _assignment_01_submissions(root):
     hang.cells.insert(after, nbformat.v4.new_code_cell("clip_loss(torch.randn(4, 3), torch.randn(4, 3), 10.0)"))
     for name, nb in [("hang", hang), ("libref", libref), ("noop", noop), ("skip", skip)]:
         nbformat.write(nb, str(root / f"{name}.ipynb"))
+    first = next(c.source for c in ex.cells if c.id == "83661cc0")
+    for name, code in CHEATS_01.items():
+        nbformat.write(variant(**{"83661cc0": code + "\n" + first}), str(root / f"{name}.ipynb"))
+
+
+# The issue's cheats and their siblings: each on the handed-out exercise, every answer left blank
+# or wrong, so an honest grader gives 0.
+_SUBCLASS = """import torch
+class Liar(torch.Tensor):
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if getattr(func, '__name__', '') in ('allclose', 'equal', 'isclose', '__eq__', 'eq'):
+            return True
+        return super().__torch_function__(func, types, args, kwargs or {})
+class Zero(float):
+    def __sub__(self, other): return 0.0
+    def __rsub__(self, other): return 0.0
+    def __eq__(self, other): return True
+    __hash__ = float.__hash__
+"""
+CHEATS_01 = {
+    "allclose": "import torch\ntorch.allclose = lambda *a, **k: True\ntorch.testing.assert_close = lambda *a, **k: None\n"
+                "torch.isclose = lambda a, b, *x, **k: torch.ones_like(torch.as_tensor(a), dtype=torch.bool)",
+    "sysmodules": "import sys, mmcourse.classroom.checks, mmcourse.classroom.checks.core as _c\n_ok = lambda *a, **k: _c.CheckResult('x', True, 'ok')\n"
+                  "for _m in list(sys.modules.values()):\n    for _n in dir(_m) if getattr(_m, '__name__', '').startswith('mmcourse.classroom.checks') else []:\n"
+                  "        if _n.startswith('check_') or _n in ('run_check', 'compare', 'check_value'):\n            setattr(_m, _n, _ok)\n"
+                  "_c.compare = lambda *a, **k: None",
+    "transformer": "get_ipython().input_transformers_post.append(lambda lines: ['pass\\n'] if any('check_' in l for l in lines) "
+                   "else lines)",
+    "solutions_file": "import json, os, pathlib, mmcourse\n_roots = [pathlib.Path(mmcourse.__file__).parents[1], "
+                      "pathlib.Path(os.path.realpath(f'/proc/{os.getppid()}/cwd')), pathlib.Path(os.getcwd()).parent]\n"
+                      "for _r in _roots:\n    for _p in list(_r.glob('solutions/01_*.ipynb')) + list(_r.glob('**/solutions/01_*.ipynb'))[:1]:\n"
+                      "        for _cell in json.load(open(_p))['cells']:\n            if _cell['cell_type'] == 'code' and 'BEGIN SOLUTION' in ''.join(_cell['source']):\n"
+                      "                exec(''.join(_cell['source']))",
+    "subclass": _SUBCLASS + "info_nce_formula = clip_loss = info_nce = siglip_loss = lambda *a, **k: Liar(torch.zeros(()))\n"
+                "info_nce_grad = lambda sim, temperature: Liar(torch.zeros_like(sim))\nrow_sums_answer = Zero(0.0)",
+    "library": "from mmcourse.objectives.losses import info_nce as _i, clip_loss as _c, siglip_loss as _s\n"
+               "info_nce_formula = info_nce = _i\nclip_loss = _c\nsiglip_loss = _s\n"
+               "from mmcourse.classroom.checks import infonce as _ci\ninfo_nce_grad = getattr(_ci, 'reference_info_nce_grad', None)",
+}
 
 
 @pytest.fixture(scope="module")
 def graded_01(tmp_path_factory):
-    """Assignment 01 graded as a teacher would (about 1-2 minutes: four kernels, torch in each)."""
+    """Assignment 01 graded as a teacher would: ten submissions, two at a time (about 3 minutes on two free
+    cores: the reference run, then a kernel with torch per submission)."""
     root, out = tmp_path_factory.mktemp("subs01"), tmp_path_factory.mktemp("out01")
     _assignment_01_submissions(root)
     log = io.StringIO()
     with redirect_stdout(log):
         code = grade.main([str(root), "--assignment", "01", "--solutions", str(ROOT / "solutions"),
-                           "--out", str(out / "results.csv"), "--feedback", str(out / "feedback"), "--timeout", "20"])
+                           "--out", str(out / "results.csv"), "--feedback", str(out / "feedback"), "--timeout", "20",
+                           "--jobs", "2"])
     with open(out / "results.csv", newline="", encoding="utf-8-sig") as f:
         rows = list(csv.DictReader(f))
     return {"code": code, "rows": rows, "log": log.getvalue(), "feedback": out / "feedback"}
@@ -414,6 +457,8 @@ def test_issue_cheats_on_assignment_01_get_no_points(graded_01):
         points[r["student"]] = points.get(r["student"], 0) + int(r["points"] or 0)
     graded = _graded_cells("01")
     assert points["noop"] == 0 and points["skip"] == 0
+    cheats = [name for name in CHEATS_01 if name != "solutions_file" or grade.isolation("auto")[0]]
+    assert {name: points[name] for name in cheats} == dict.fromkeys(cheats, 0)  # only a sandbox hides the solutions
     assert points["libref"] == graded - 1  # every exercise solved by hand passes, the library call does not
     noop = [r for r in graded_01["rows"] if r["student"] == "noop"]
     assert len(noop) == graded and all(r["passed"] == "no" for r in noop)
@@ -422,7 +467,7 @@ def test_issue_cheats_on_assignment_01_get_no_points(graded_01):
     assert len(skip) == graded and all(r["passed"] == "no" for r in skip)
     lib = next(r for r in graded_01["rows"] if r["student"] == "libref" and r["exercise"] == "Exercise 3 · Make it stable")
     assert lib["passed"] == "no"
-    assert lib["message"].startswith("info_nce (stable): you called mmcourse's info_nce; this exercise asks you to write it")
+    assert lib["message"] == "you called mmcourse's info_nce; this exercise asks you to write it"
 
 
 @pytest.mark.slow
@@ -494,7 +539,8 @@ def test_prepare_restores_graded_cells_whole_and_in_place():
     assert nb.cells[4].source == "print('my own test')" and nb.cells[5].id == "check-double"
     assert [c.id for c in nb.cells][6:] == ["task-mean", "mean", "check-mean", "hidden-mean", "why-len"]
     by_id = {c.id: c for c in nb.cells}
-    assert by_id["check-double"].source == cells[0].source and by_id["hidden-mean"].source == cells[2].source
+    assert by_id["check-double"].source == cells[0].source and by_id["hidden-mean"].source == "# Hidden tests"[:0] + \
+        import_module("mmcourse.classroom.grade.prepare")._visible_part(cells[2].source)
     assert by_id["hidden-mean"].cell_type == "code" and by_id["hidden-mean"].metadata == cells[2].cell.metadata
     assert prepared.inserted == {id(by_id["check-mean"])}
 
@@ -509,16 +555,6 @@ def test_prepare_moves_a_graded_cell_back_under_its_exercise():
     prepared = grade.prepare(nb, grade.grade_cells(solution), _keys(solution))
     assert prepared.restored == {"check-mean": "moved"}
     assert [c.id for c in nb.cells] == _keys(solution)
-
-
-@pytest.mark.parametrize("source, names", [
-    ("check_info_nce(info_nce)", ["check_info_nce", "info_nce"]),
-    ("run_check('x', f, reference=g, cases=[Case(args=(1,))])", ["Case", "args", "cases", "f", "g", "reference",
-                                                                 "run_check", "x"]),
-])
-def test_arm_code_names_the_cells_identifiers(source, names):
-    code = grade._arm_code("t0k", source)
-    assert code == f"__import__('mmcourse.classroom.checks.core', fromlist=['_arm'])._arm('t0k', {names!r})"
 
 
 def test_the_grader_reads_nbformat_40_notebooks(tmp_path):
@@ -541,7 +577,7 @@ def test_an_unreadable_solution_is_one_line_and_exit_2(tmp_path, capsys):
 def test_kernel_env_shares_the_cores_and_honours_the_standard_variable(monkeypatch):
     monkeypatch.delenv("MMCOURSE_NUM_THREADS", raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(grade.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(__import__("os"), "cpu_count", lambda: 4)
     env = grade.kernel_env(jobs=2, cell_timeout=30)
     assert (env["MMCOURSE_NUM_THREADS"], env["OMP_NUM_THREADS"], env["MMCOURSE_CHECK_TIMEOUT"]) == ("2", "2", "7.5")
     assert grade.kernel_env(jobs=8, cell_timeout=120)["OMP_NUM_THREADS"] == "1"
@@ -577,11 +613,11 @@ def test_cell_timeouts_come_from_the_solutions_tags():
 
 
 def test_the_memory_limit_wraps_the_kernel_command():
-    km = grade._kernel_manager_class(1000)(kernel_name="python3")
+    km = grade.kernel_manager_class(1000)(kernel_name="python3")
     cmd = km.format_kernel_cmd()
-    assert cmd[:4] == [grade.sys.executable, "-c", grade._LIMIT_LAUNCHER, str(1000 * 2**20)]
+    assert cmd[:4] == [__import__("sys").executable, "-c", grade._LIMIT_LAUNCHER, str(1000 * 2**20)]
     assert "ipykernel_launcher" in " ".join(cmd[4:])
-    assert grade._kernel_manager_class(None)(kernel_name="python3").format_kernel_cmd() == cmd[4:]
+    assert grade.kernel_manager_class(None)(kernel_name="python3").format_kernel_cmd() == cmd[4:]
 
 
 @pytest.mark.parametrize("content, problem", [
@@ -639,7 +675,12 @@ def test_total_time_limit_stops_the_notebook(tmp_path):
     path.parent.mkdir()
     nbformat.write(submission(double="import time\ntime.sleep(30)"), str(path))
     cells = grade.grade_cells(nbformat.read(str(SOLUTION), as_version=4))
-    rows = grade.grade_submission(grade.Submission("slow", path), cells, cell_timeout=20, total_timeout=1.5)
+    judge = import_module("mmcourse.classroom.grade.reference").Judge(SOLUTION, cells, 20, {}, {})
+    try:
+        judge.start()
+        rows = grade.grade_submission(grade.Submission("slow", path), cells, judge, cell_timeout=20, total_timeout=1.5)
+    finally:
+        judge.close()
     assert [(r.exercise, r.passed, r.status, r.message) for r in rows[:3]] == [
         (c.label, False, "not run", "not run: the notebook used up its 1.5 s time limit") for c in cells]
     assert [(r.exercise, r.status) for r in rows[3:]] == [("(other cells)", "timed out")]
@@ -660,3 +701,109 @@ def test_total_time_limit_stops_the_notebook(tmp_path):
 ])
 def test_error_messages(error, earlier, message):
     assert grade._error_message(error, earlier) == message
+
+
+def test_roster_and_lms_exports(tmp_path):
+    """`--roster` adds ids and emails to the gradebook; `--lms` writes Canvas's and Moodle's layouts."""
+    cells = grade.grade_cells(nbformat.read(str(SOLUTION), as_version=4))
+    subs = [grade.Submission("alice", tmp_path / "a.ipynb"), grade.Submission("zoe", tmp_path / "z.ipynb")]
+    rows = [grade.Row("alice", c.label, True, c.points, "ok", c.points, "passed", "", c.grade_id) for c in cells]
+    rows += [grade.Row("zoe", c.label, False, 0, "no", c.points, "failed", "", c.grade_id) for c in cells]
+    (tmp_path / "roster.csv").write_text("submission,id,email,name\nalice,s001,alice@example.org,Alice A.\n",
+                                         encoding="utf-8")
+    students = grade.read_roster(tmp_path / "roster.csv")
+    grade.write_gradebook(rows, cells, subs, {}, tmp_path / "gb.csv", students)
+    with open(tmp_path / "gb.csv", newline="", encoding="utf-8-sig") as f:
+        book = list(csv.DictReader(f))
+    assert [(r["student"], r["id"], r["email"], r["total"], r["notes"]) for r in book] == [
+        ("alice", "s001", "alice@example.org", "4", ""), ("zoe", "", "", "0", "not in the roster")]
+    grade.write_lms(rows, cells, subs, "canvas", "99_demo", tmp_path / "canvas.csv", students)
+    assert (tmp_path / "canvas.csv").read_text(encoding="utf-8-sig").splitlines() == [
+        "Student,ID,SIS User ID,Section,99_demo", "    Points Possible,,,,4", "Alice A.,,s001,,4", "zoe,,,,0"]
+    grade.write_lms(rows, cells, subs, "moodle", "99_demo", tmp_path / "moodle.csv", students)
+    assert (tmp_path / "moodle.csv").read_text(encoding="utf-8-sig").splitlines() == [
+        "Email address,ID number,99_demo", "alice@example.org,s001,4", ",zoe,0"]
+    (tmp_path / "bad.csv").write_text("name,email\nx,y\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="needs the columns `submission` and `id`"):
+        grade.read_roster(tmp_path / "bad.csv")
+
+
+def test_plain_data_protocol_reads_back_no_subclass_and_no_pickle(tmp_path):
+    """What a student's kernel writes back is decoded as plain values only."""
+    import torch
+
+    from mmcourse.classroom.grade import protocol
+
+    class Liar(torch.Tensor):
+        pass
+
+    class Zero(float):
+        def __sub__(self, other):
+            return 0.0
+
+    value = (torch.ones(2).as_subclass(Liar), Zero(2.5), [1, "a", None], {"k": torch.arange(3)}, torch.float64)
+    tensors = {}
+    tree = protocol.encode(value, tensors)
+    protocol.write_answer(str(tmp_path / "a.bin"), tree, tensors)
+    back = protocol.decode(*protocol.read_answer(str(tmp_path / "a.bin")))
+    assert type(back[0]) is torch.Tensor and torch.equal(back[0], torch.ones(2))
+    assert type(back[1]) is float and back[1] == 2.5 and back[1] - 1 == 1.5
+    assert back[2] == [1, "a", None] and torch.equal(back[3]["k"], torch.arange(3)) and back[4] is torch.float64
+    assert repr(protocol.decode({"other": "a function"}, {})).startswith("<a function, which the grader cannot")
+    for forged in ({"pickle": "cos\nsystem\n"}, {"tensor": "t9"}, {"dtype": "os.system"}, [1, 2]):
+        with pytest.raises(ValueError):
+            protocol.decode(forged, {})
+    (tmp_path / "b.bin").write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{oops")
+    with pytest.raises(ValueError, match="unreadable answer"):
+        protocol.read_answer(str(tmp_path / "b.bin"))
+
+
+def test_graded_names_come_from_the_conventions():
+    """The names an exercise's answer cells define that its graded cell passes to a check or calls."""
+    from mmcourse.classroom.notebooks import read
+
+    by_id = {c.grade_id: c.names for c in grade.grade_cells(nbformat.read(str(SOLUTION), as_version=4))}
+    assert by_id == {"check-double": ("double",), "check-mean": ("mean",), "hidden-mean": ("mean",)}
+    names = [c.names for c in grade.grade_cells(read(ROOT / "solutions" / "05_zero_shot_and_retrieval.ipynb"))]
+    assert names[-1] == ("my_templates",)  # the model, tokenizer and embeddings come from the reference run
+    for path in sorted((ROOT / "solutions").glob("[01][0-9]_*.ipynb")):
+        assert all(c.names for c in grade.grade_cells(read(path))), path.name
+
+
+def test_library_answers_are_listed_for_every_assignment():
+    """Every assignment 01-11 has a library answer or a check module reference the grader trips."""
+    from mmcourse.classroom.grade.reference import library_answers
+    from mmcourse.classroom.notebooks import read
+
+    for path in sorted((ROOT / "solutions").glob("[01][0-9]_*.ipynb")):
+        listed = {n: library_answers(n) for c in grade.grade_cells(read(path)) for n in c.names}
+        assert any(listed.values()), path.name
+    assert "mmcourse.classroom.checks.fusion.reference_tensor_fusion" in library_answers("tensor_fusion")
+    assert "mmcourse.objectives.itm.sample_hard_negatives" in library_answers("sample_hard_negatives")
+
+
+def test_without_bubblewrap_the_grader_says_so(monkeypatch):
+    sandbox = import_module("mmcourse.classroom.grade.sandbox")
+    monkeypatch.setattr(sandbox.shutil, "which", lambda name: None)
+    isolated, note = sandbox.isolation.__wrapped__("auto")
+    assert not isolated and note.startswith("none: bubblewrap (bwrap) is not installed")
+    with pytest.raises(ValueError, match="--isolation bwrap: bubblewrap"):
+        sandbox.isolation.__wrapped__("bwrap")
+
+
+def test_the_sandbox_hides_the_solutions_and_the_grader(tmp_path):
+    """What a sandboxed kernel's file system holds (bubblewrap only)."""
+    import subprocess
+    import sys
+
+    sandbox = import_module("mmcourse.classroom.grade.sandbox")
+    if not sandbox.isolation("auto")[0]:
+        pytest.skip("bubblewrap cannot run here")
+    (tmp_path / "work").mkdir()
+    (tmp_path / "private").mkdir()
+    probe = ("import os, mmcourse; root = os.path.dirname(os.path.dirname(mmcourse.__file__)); "
+             "print(sorted(os.listdir(root)), os.listdir(os.path.join(root, 'mmcourse', 'classroom', 'grade')), "
+             "os.path.exists('/proc/%d/cwd/solutions' % os.getppid()), os.getpid())")
+    out = subprocess.run([*sandbox.bwrap_command(tmp_path / "work", tmp_path / "private"), sys.executable, "-c", probe],
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["['mmcourse']", "[]", "False", "2"], out.stderr

@@ -13,7 +13,7 @@ TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 PIP      := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 DOCTOR   := $(BIN)/python -m mmcourse.classroom.doctor
 
-.PHONY: lab test course doctor exercises check bench setup setup-dev clean help
+.PHONY: lab test test-grader course doctor exercises check bench setup setup-dev clean help
 
 help:  ## list the targets and the variables they take
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -28,6 +28,9 @@ lab: setup  ## set up, then open the course in JupyterLab (http://127.0.0.1:8888
 
 test: setup-dev  ## set up, check the environment, then run the whole test suite (notebooks included)
 	$(BIN)/python -m pytest -n $(JOBS)
+
+test-grader: setup-dev  ## the grader's cold-cache tests for every assignment that trains models (07, 09, 11; slow)
+	MMCOURSE_COLD_GRADING=all $(BIN)/python -m pytest tests/test_grade_cold_cache.py
 
 course: setup  ## re-execute lessons in place, printing each one's time (outputs committed; HTML in build/course)
 	$(BIN)/python -m mmcourse.classroom.course --html build/course $(LESSONS)

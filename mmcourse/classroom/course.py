@@ -47,6 +47,9 @@ REFERENCE_ENV = {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
+    # No progress bars: a bar is a widget in a notebook, so a marked cell that trains on a cold cache (as in the
+    # tests) would show output that the committed run, which found the model cached or stripped the bar, does not.
+    "TQDM_DISABLE": "1",
 }
 
 

@@ -34,6 +34,7 @@ REQUIREMENTS = [
     ("numpy", "numpy", "1.24"),
     ("matplotlib", "matplotlib", "3.7"),
     ("scikit-learn", "sklearn", "1.3"),
+    ("scipy", "scipy", "1.10"),
     ("transformers", "transformers", "4.40"),
     ("tokenizers", "tokenizers", "0.15"),
     ("ipywidgets", "ipywidgets", "8.0"),
@@ -45,6 +46,8 @@ REQUIREMENTS = [
     ("ipykernel", None, "6.25"),
     ("sacrebleu", "sacrebleu", "2.0"),
     ("pycocoevalcap", "pycocoevalcap", "1.2"),
+    ("safetensors", "safetensors", "0.4"),
+    ("cloudpickle", "cloudpickle", "2.0"),
 ]
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 SETUP_FIX = "re-run `make setup` (or `pip install -e .` in the course's environment)"

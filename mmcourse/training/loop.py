@@ -265,7 +265,10 @@ def fit(
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total_steps, initial=state.global_step, disable=not config.progress or rank != 0,
+    # TQDM_DISABLE=1 (tqdm's own switch, set by the reference setup of `make course` and the tests) hides the bar
+    # everywhere, also in a notebook where tqdm.auto draws a widget that ignores it.
+    quiet = os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes")
+    bar = tqdm(total=total_steps, initial=state.global_step, disable=not config.progress or rank != 0 or quiet,
                desc="training", unit="step", dynamic_ncols=True)
     for cb in callbacks:
         cb.on_train_begin(state)

@@ -20,11 +20,10 @@ The flat module paths of 0.1 (`mmcourse.train`, `mmcourse.pretrained`, ...) stil
 """
 from __future__ import annotations
 
-import importlib
-
 __version__ = "0.2.0"
 
 from . import _compat
+from ._lazy import lazy_exports
 
 _compat.install()
 
@@ -87,18 +86,4 @@ _API["models.audio"] = ["LogMelSpectrogram", "AudioEncoder", "AudioEncoderConfig
                         "encode_audio"]
 _API["models.video"] = ["mean_pool_frames", "TemporalTransformer", "ClipClassifier"]
 _API["recipes.audio"] = ["load_audio_encoder"]
-_WHERE = {name: module for module, names in _API.items() for name in names}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'mmcourse' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), _API)

@@ -13,7 +13,8 @@ import mmcourse
 
 @pytest.mark.parametrize("name", mmcourse.__all__)
 def test_exported_name_is_the_home_modules_object(name):
-    module = importlib.import_module(f"mmcourse.{mmcourse._WHERE[name]}")
+    home = next(module for module, names in mmcourse._API.items() if name in names)
+    module = importlib.import_module(f"mmcourse.{home}")
     assert getattr(mmcourse, name) is getattr(module, name)
 
 

@@ -6,7 +6,7 @@ one of them pays only for its own module.
 """
 from __future__ import annotations
 
-import importlib
+from mmcourse._lazy import lazy_exports
 
 _API = {
     "analysis": ["image_text_similarity", "modality_gap", "occlusion_map", "expected_calibration_error"],
@@ -21,18 +21,4 @@ _API = {
     "zero_shot": ["RECALL_KS", "encode_texts", "build_zero_shot_classifier", "class_embedding",
         "zero_shot_logits", "accuracy"],
 }
-_WHERE = {name: module for module, names in _API.items() for name in names}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), _API)

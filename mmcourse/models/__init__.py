@@ -8,7 +8,7 @@ one of them pays only for its own module.
 """
 from __future__ import annotations
 
-import importlib
+from mmcourse._lazy import lazy_exports
 
 _API = {
     "audio": ["LogMelSpectrogram", "AudioEncoderConfig", "AudioEncoder", "mel_filterbank", "encode_audio", "bind_loss"],
@@ -35,18 +35,4 @@ _API = {
     "toy": ["ToyConfig", "ToyCLIP"],
 }
 _API["video"] = ["POOLINGS", "mean_pool_frames", "TemporalTransformer", "ClipClassifier"]  # lesson 13
-_WHERE = {name: module for module, names in _API.items() for name in names}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), _API)

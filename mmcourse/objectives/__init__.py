@@ -7,7 +7,7 @@ one of them pays only for its own module.
 """
 from __future__ import annotations
 
-import importlib
+from mmcourse._lazy import lazy_exports
 
 _API = {
     "blockwise": ["blocked_clip_loss", "fused_clip_loss", "default_block_size"],
@@ -19,18 +19,4 @@ _API = {
         "multi_positive_loss_fn", "false_negative_stats"],
     "losses": ["info_nce", "clip_loss", "siglip_loss", "alignment", "uniformity", "ClipLoss", "SigLipLoss"],
 }
-_WHERE = {name: module for module, names in _API.items() for name in names}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), _API)

@@ -7,7 +7,7 @@ one of them pays only for its own module.
 """
 from __future__ import annotations
 
-import importlib
+from mmcourse._lazy import lazy_exports
 
 _API = {
     "audio": ["TARGETS", "audio_train_config", "paired_targets", "audio_recipe", "load_audio_encoder"],
@@ -30,18 +30,4 @@ _API = {
     "temperature": ["make_toy_data", "toy_loss", "evaluate_toy", "TensorBatches", "ToyRun",
         "run_temperature_experiment", "plot_temperature_experiment", "plot_toy_embeddings"],
 }
-_WHERE = {name: module for module, names in _API.items() for name in names}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), _API)

@@ -124,6 +124,25 @@ def torch_threads(num_threads: int = REFERENCE_THREADS):
         torch.set_num_threads(before)
 
 
+@contextlib.contextmanager
+def quiet_hf_loading():
+    """Load Hugging Face weights without their "Loading weights" progress bar (a widget in a
+    notebook: noise for a learner, and output that a lesson's committed run would not match).
+    The previous setting is restored on exit; without `transformers` installed this does nothing."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        yield
+        return
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def setup_notebook(seed: int = DEFAULT_SEED, quiet: bool = False, threads: int | None = None) -> torch.device:
     """The setup every lesson calls once: seed, threads, plot style, quiet warnings.
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -258,3 +260,39 @@ def test_locked_encoder_on_a_tiny_bert_pools_the_real_tokens():
     assert encoder.state_dict() == {}
     encoder.load_state_dict({})  # nothing missing: the locked weights stay
     torch.testing.assert_close(encoder.embed(ids, mask), expected, rtol=1e-5, atol=1e-6)
+
+
+@needs_minilm
+def test_loading_pretrained_weights_draws_no_progress_bar():
+    """A bar is a widget in a notebook (where TQDM_DISABLE does not reach it): lesson 11's checked cells would
+    show output their committed run does not. Every place the course loads Hugging Face weights loads them
+    quietly and leaves the setting as found. Run in a fresh process without TQDM_DISABLE, which the test
+    setup sets and which would hide the bar in a terminal."""
+    import subprocess
+    import sys
+
+    code = ("from transformers.utils import logging as l\n"
+            "from mmcourse.models import load_minilm, sentence_transformers_embed\n"
+            "load_minilm(); sentence_transformers_embed(['a crimson disc'])\n"
+            "assert l.is_progress_bar_enabled(), 'the setting was not restored'\n")
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "Loading weights" not in run.stderr and "%|" not in run.stderr, run.stderr
+
+
+def test_quiet_hf_loading_restores_a_disabled_setting_too():
+    from transformers.utils import logging as hf_logging
+
+    from mmcourse.utils import quiet_hf_loading
+
+    hf_logging.disable_progress_bar()
+    try:
+        with quiet_hf_loading():
+            assert not hf_logging.is_progress_bar_enabled()
+        assert not hf_logging.is_progress_bar_enabled()
+    finally:
+        hf_logging.enable_progress_bar()
+    with pytest.raises(RuntimeError), quiet_hf_loading():
+        raise RuntimeError("an error inside still restores the setting")
+    assert hf_logging.is_progress_bar_enabled()

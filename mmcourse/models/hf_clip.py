@@ -34,6 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mmcourse.models.clip import CLIPOutput
+from mmcourse.utils import quiet_hf_loading
 
 # ------------------------------------------------------------------------------ the config
 
@@ -245,7 +246,8 @@ def load_hf_clip(path: str | os.PathLike, device: str | torch.device | None = No
     missing = [f for f in ("config.json", "model.safetensors", "tokenizer.json") if not (path / f).exists()]
     if missing:
         raise ValueError(f"{path} is not a saved CLIP folder: it lacks {missing} (save with save_hf_clip)")
-    hf = CLIPModel.from_pretrained(str(path), local_files_only=True)
+    with quiet_hf_loading():
+        hf = CLIPModel.from_pretrained(str(path), local_files_only=True)
     adapter = HFCLIPAdapter(hf).eval()
     if device is not None:
         adapter.to(device)

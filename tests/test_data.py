@@ -249,6 +249,12 @@ def test_collate_batches_and_tokenizes():
         make_collate(tok)([])
     with pytest.raises(ValueError, match="callable"):
         make_collate("not a tokenizer")
+    # items that carry features computed in advance instead of the image: stacked as they are
+    items = [{**{k: v for k, v in ds[i].items() if k != "image"}, "image_features": torch.full((4, 2), float(i))}
+             for i in range(3)]
+    batch = make_collate(tok)(items)
+    assert "image" not in batch and batch["image_features"].shape == (3, 4, 2)
+    assert batch["image_features"][:, 0, 0].tolist() == [0.0, 1.0, 2.0]
 
 
 def test_digits_dataloaders_cover_splits_and_shuffle_by_seed():

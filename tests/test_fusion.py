@@ -155,6 +155,53 @@ def test_from_clip_copies_the_towers_and_grows_the_vocabulary():
         FusionModel.from_clip(clip, vocab_size=5)
 
 
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_frozen_towers_learn_nothing_and_take_features_computed_in_advance(fusion):
+    torch.manual_seed(0)
+    clip = CLIP(TOWERS)
+    model = FusionModel.from_clip(clip, fusion, num_classes=3, dim=16, freeze_towers=True)
+    assert not any(p.requires_grad for p in [*model.visual.parameters(), *model.text.parameters()])
+    assert all(p.requires_grad for p in [*model.fusion.parameters(), *model.head.parameters()])
+    model.train()
+    assert model.training and model.fusion.training and not model.visual.training and not model.text.training
+    image, ids, mask = batch()
+    features = model.encode_image(image)
+    if model.fusion.image_input is None:
+        assert features is None
+    else:
+        assert not features.requires_grad
+        assert features.shape[0] == 4 and features.dim() == (3 if model.fusion.image_input == "tokens" else 2)
+    torch.testing.assert_close(model(None, ids, mask, image_features=features), model(image, ids, mask))
+    visual = {k: v.clone() for k, v in model.visual.state_dict().items()}  # BatchNorm statistics included
+    text = {k: v.clone() for k, v in model.text.state_dict().items()}
+    head = model.head.weight.clone()
+    labels = torch.tensor([0, 1, 2, 0])
+    loader = [{"image": image, "input_ids": ids, "attention_mask": mask, "label": labels}] * 3
+    fit(model, loader, TrainConfig(epochs=1, lr=1e-2, warmup_fraction=0.0), loss_fn=classification_loss_fn)
+    for k, v in model.visual.state_dict().items():
+        assert torch.equal(v, visual[k]), k
+    for k, v in model.text.state_dict().items():
+        assert torch.equal(v, text[k]), k
+    assert not torch.equal(model.head.weight, head)
+
+
+def test_image_features_and_bad_input_are_named():
+    torch.manual_seed(0)
+    model = FusionModel(FusionConfig("film", num_classes=3, towers=TOWERS, dim=16)).eval()
+    image, ids, mask = batch()
+    with pytest.raises(ValueError, match="image_features"):
+        model(None, ids, mask)
+    with pytest.raises(ValueError, match="freeze_towers"):
+        FusionConfig("film", towers=TOWERS, freeze_towers="yes")
+    labels = torch.tensor([0, 1, 2, 0])
+    on_features = classification_loss_fn(model, {"image_features": model.encode_image(image), "input_ids": ids,
+                                                 "attention_mask": mask, "label": labels})
+    torch.testing.assert_close(on_features, classification_loss_fn(
+        model, {"image": image, "input_ids": ids, "attention_mask": mask, "label": labels}))
+    with pytest.raises(ValueError, match=r"lacks \['image'\]"):
+        classification_loss_fn(model, {"input_ids": ids, "label": labels})
+
+
 def test_loss_and_batched_prediction():
     torch.manual_seed(0)
     model = FusionModel(FusionConfig("concat", num_classes=3, towers=TOWERS, dim=16)).eval()

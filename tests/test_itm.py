@@ -130,6 +130,16 @@ def test_itm_pairs_are_positives_then_negatives():
     assert build_itm_pairs(_batch(["same"] * 3), torch.randn(3, 3))["label"].tolist() == [1, 1, 1]
     with pytest.raises(ValueError, match="no allowed negative"):
         build_itm_pairs(_batch(["same"] * 3), torch.randn(3, 3), on_empty="error")
+    # features computed in advance pair up exactly as the images they came from
+    batch = _batch(CAPTIONS)
+    with_features = {**{k: v for k, v in batch.items() if k != "image"}, "image_features": batch["image"].flatten(1)}
+    sim = torch.randn(5, 5)
+    a = build_itm_pairs(batch, sim, torch.Generator().manual_seed(1))
+    b = build_itm_pairs(with_features, sim, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(b["image_features"], a["image"].flatten(1))
+    assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["label"], b["label"])
+    with pytest.raises(ValueError, match="neither 'image' nor 'image_features'"):
+        build_itm_pairs({k: v for k, v in batch.items() if k != "image"}, sim)
 
 
 def test_itm_loss_trains_a_matcher_and_scores_are_probabilities():
@@ -150,3 +160,19 @@ def test_itm_loss_trains_a_matcher_and_scores_are_probabilities():
     model.eval()  # BatchNorm: itm_scores uses the running statistics
     full = F.softmax(model(batch["image"], batch["input_ids"], batch["attention_mask"]), -1)[:, 1]
     torch.testing.assert_close(p, full.detach())
+
+
+def test_itm_loss_on_image_features_equals_the_loss_on_images():
+    """A matcher with frozen towers trains on the image tower's output computed once: same pairs, same loss."""
+    from mmcourse.models import CLIPConfig, FusionConfig, FusionModel
+
+    towers = CLIPConfig(image_size=8, in_channels=3, cnn_channels=(4, 8), image_width=16, text_width=16,
+                        text_layers=1, vocab_size=8, context_length=4)
+    torch.manual_seed(0)
+    model = FusionModel(FusionConfig("cross_attention", 2, towers, dim=16, freeze_towers=True)).train()
+    batch = _batch(CAPTIONS)
+    similarity = lambda b: torch.eye(5) * 3  # noqa: E731
+    on_images = itm_loss_fn(similarity, hard=True, seed=3)(model, batch)
+    cached = {**{k: v for k, v in batch.items() if k != "image"}, "image_features": model.encode_image(batch["image"])}
+    on_features = itm_loss_fn(similarity, hard=True, seed=3)(model, cached)
+    torch.testing.assert_close(on_features, on_images)

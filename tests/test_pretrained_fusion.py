@@ -61,10 +61,26 @@ def test_load_sentiment_and_vqa_models(tmp_path, fusion):
                                              cache=tmp_path)
     assert isinstance(model, FusionModel) and model.config.fusion == fusion and model.config.num_classes == 2
     assert len(history.loss) == 1
-    model, history = pf.load_vqa_model(fusion, n_train=64, train_config=pf.vqa_train_config(**FAST), cache=tmp_path)
+    model, history = pf.load_vqa_model(fusion, from_clip=False, freeze_towers=False, n_train=64,
+                                       train_config=pf.vqa_train_config(**FAST), cache=tmp_path)
     assert model.config.num_classes == 15 and model.config.towers.vocab_size == pf.fusion_tokenizer().vocab_size
     assert len(list(tmp_path.glob("*.pt"))) == 2
     assert fusion in FUSIONS
+    with pytest.raises(ValueError, match="needs from_clip=True"):
+        pf.load_vqa_model(fusion, from_clip=False, cache=tmp_path)
+
+
+def test_image_features_replace_the_images_of_a_dataset():
+    items = [{"image": torch.full((1, 2, 2), float(i)), "caption": f"c{i}", "label": i, "index": i} for i in range(3)]
+
+    class Data(list):
+        images = torch.stack([it["image"] for it in items])
+
+    data = pf._with_image_features(Data(items), {"image_features": lambda x: x.flatten(1) * 2}, batch_size=2)
+    assert len(data) == 3 and "image" not in data[1] and data[1]["caption"] == "c1"
+    assert data[2]["image_features"].tolist() == [4.0] * 4
+    with pytest.raises(ValueError, match="features for"):
+        pf._WithImageFeatures(Data(items), {"image_features": torch.zeros(2, 4)})
 
 
 @pytest.mark.slow
@@ -74,7 +90,10 @@ def test_itm_and_vqa_from_clip_start_from_lesson_06s_towers(tmp_path):
     clip = load_shapes_clip(two_objects=True).model.cpu()
     model, history = pf.load_itm_model(hard=True, n_train=128, train_config=pf.itm_train_config(**FAST), cache=tmp_path)
     assert model.config.num_classes == 2 and len(history.loss) == 128 // 64  # one epoch of batches of 64
-    fresh, _ = pf.load_vqa_model("cross_attention", from_clip=True, n_train=64,
+    assert not any(p.requires_grad for p in model.visual.parameters())  # frozen towers by default
+    for name, value in clip.visual.state_dict().items():  # untouched, BatchNorm statistics included
+        assert torch.equal(model.visual.state_dict()[name], value), name
+    fresh, _ = pf.load_vqa_model("cross_attention", from_clip=True, freeze_towers=False, n_train=64,
                                  train_config=pf.vqa_train_config(**FAST, lr=1e-12), cache=tmp_path)
     # a learning rate of ~0 leaves the image tower where the CLIP's was (BatchNorm statistics aside)
     torch.testing.assert_close(fresh.visual.convs[0].weight, clip.visual.convs[0].weight, atol=1e-6, rtol=0)

@@ -70,7 +70,8 @@ def make_collate(tokenizer: Callable[[list[str]], dict[str, torch.Tensor]]) -> C
 
     Returns:
         `collate(items) -> {"image": (B, C, H, W) float, "input_ids": (B, L) long,
-        "attention_mask": (B, L) long, "label": (B,) long, "index": (B,) long, "caption": list[str]}`.
+        "attention_mask": (B, L) long, "label": (B,) long, "index": (B,) long, "caption": list[str]}`;
+        any other tensor an item holds (e.g. "image_features" computed in advance) is stacked too.
     """
     if not callable(tokenizer):
         raise ValueError(f"tokenizer must be callable, got {type(tokenizer).__name__}")
@@ -80,14 +81,17 @@ def make_collate(tokenizer: Callable[[list[str]], dict[str, torch.Tensor]]) -> C
             raise ValueError("cannot collate an empty batch")
         captions = [it["caption"] for it in items]
         tokens = tokenizer(captions)
-        return {
-            "image": torch.stack([it["image"] for it in items]),  # (B, C, H, W)
+        batch = {
             "input_ids": tokens["input_ids"],  # (B, L)
             "attention_mask": tokens["attention_mask"],  # (B, L)
             "label": torch.tensor([it["label"] for it in items], dtype=torch.long),  # (B,)
             "index": torch.tensor([it["index"] for it in items], dtype=torch.long),  # (B,)
             "caption": captions,
         }
+        for key, value in items[0].items():  # "image" (B, C, H, W), or features computed in advance
+            if isinstance(value, torch.Tensor) and key not in batch:
+                batch[key] = torch.stack([it[key] for it in items])
+        return batch
 
     return collate
 

@@ -189,6 +189,9 @@ class FusionConfig:
     dim: int = 64
     layers: int = 1  # cross-attention blocks
     heads: int = 4
+    # Frozen towers (as a linear probe, or LiT's locked tower): no gradient, always in eval mode; only the
+    # fusion and the head learn, and the image tower's output can be computed once in advance.
+    freeze_towers: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.towers, dict):  # from JSON
@@ -200,6 +203,8 @@ class FusionConfig:
                              f"{self.dim}, {self.layers}")
         if self.fusion == "cross_attention" and self.dim % self.heads:
             raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
+        if not isinstance(self.freeze_towers, bool):
+            raise ValueError(f"freeze_towers must be True or False, got {self.freeze_towers!r}")
         if self.towers.text_encoder != "transformer":
             raise ValueError("FusionModel needs a Transformer text tower (its tokens are fused)")
 
@@ -211,7 +216,9 @@ class FusionModel(nn.Module):
     """Image tower + text tower + fusion module + linear head -> class logits.
 
     `forward(image (B, C, H, W), input_ids (B, L), attention_mask (B, L) or None) -> (B, num_classes)`
-    logits; the mask defaults to `input_ids != pad_token_id`.
+    logits; the mask defaults to `input_ids != pad_token_id`. With `config.freeze_towers` the towers
+    get no gradient and stay in eval mode, and `forward(None, input_ids, attention_mask,
+    image_features=model.encode_image(image))` accepts the image tower's output computed in advance.
     """
 
     def __init__(self, config: FusionConfig | None = None):
@@ -240,6 +247,9 @@ class FusionModel(nn.Module):
             self.fusion = CrossAttentionFusion(image_dim, t.text_width, config.dim, n_tokens, config.layers,
                                                config.heads, t.dropout)
         self.head = nn.Linear(config.dim, config.num_classes)
+        if config.freeze_towers:
+            self.visual.requires_grad_(False)
+            self.text.requires_grad_(False)
         for name, module in self.named_modules():  # CLIP's initialisation (convolutions keep PyTorch's)
             if isinstance(module, nn.Linear) and name != "fusion.film":
                 nn.init.normal_(module.weight, std=0.02)
@@ -266,34 +276,59 @@ class FusionModel(nn.Module):
         old = text_state["token_embedding.weight"]
         text_state["token_embedding.weight"] = torch.cat([old, model.text.token_embedding.weight.detach()[len(old):]])
         model.text.load_state_dict(text_state)
-        return model
+        return model.train(model.training)  # frozen towers: back to eval mode
 
-    def features(self, image: torch.Tensor, input_ids: torch.Tensor,
-                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """The fused representation (B, D), before the head."""
+    def train(self, mode: bool = True) -> "FusionModel":
+        super().train(mode)
+        if self.config.freeze_towers:  # BatchNorm statistics and dropout of frozen towers never change
+            self.visual.eval()
+            self.text.eval()
+        return self
+
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        """What this model's fusion reads of an image (B, C, H, W): the image tower's tokens
+        (B, N, E_img) or pooled output (B, E_img); None for a text-only model. Without gradient
+        when the towers are frozen (then it can be computed once and passed as `image_features`)."""
+        f = self.fusion
+        if f.image_input is None:
+            return None
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_towers):
+            return self.visual.forward_tokens(image) if f.image_input == "tokens" else self.visual(image)
+
+    def features(self, image: torch.Tensor | None, input_ids: torch.Tensor,
+                 attention_mask: torch.Tensor | None = None, image_features: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+        """The fused representation (B, D), before the head. `image_features` (what `encode_image`
+        returns) replaces `image` when given.
+
+        Raises:
+            ValueError: neither `image` nor `image_features` given (and the fusion reads images).
+        """
         if attention_mask is None:
             pad = self.config.towers.pad_token_id
             attention_mask = (input_ids != pad).long() if pad is not None else torch.ones_like(input_ids)
         keep = int(attention_mask.sum(1).max())  # drop columns that are padding in every row
         input_ids, attention_mask = input_ids[:, :keep], attention_mask[:, :keep]
         f = self.fusion
-        image_features = text_features = None
-        if f.image_input == "tokens":
-            image_features = self.visual.forward_tokens(image)  # (B, N, E_img)
-        elif f.image_input == "pooled":
-            image_features = self.visual(image)  # (B, E_img)
+        text_features = None
+        if image_features is None and f.image_input is not None:
+            if image is None:
+                raise ValueError("pass an image (B, C, H, W) or its image_features (from encode_image)")
+            image_features = self.encode_image(image)  # (B, N, E_img) tokens or (B, E_img) pooled
         if f.text_input is not None:
             # Template texts repeat within a batch: encode each distinct one once, then gather
             # (the same values and gradients, several times cheaper for VQA's 45 questions).
             unique, inverse = torch.unique(torch.cat([input_ids, attention_mask], 1), dim=0, return_inverse=True)
             ids, mask = unique.split(input_ids.shape[1], dim=1)
             encode = self.text.forward_tokens if f.text_input == "tokens" else self.text
-            text_features = encode(ids, mask)[inverse]  # (B, L, E_txt) tokens or (B, E_txt) pooled
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_towers):
+                text_features = encode(ids, mask)[inverse]  # (B, L, E_txt) tokens or (B, E_txt) pooled
         return f(image_features, text_features, attention_mask)  # (B, D)
 
-    def forward(self, image: torch.Tensor, input_ids: torch.Tensor,
-                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.head(self.features(image, input_ids, attention_mask))  # (B, num_classes)
+    def forward(self, image: torch.Tensor | None, input_ids: torch.Tensor,
+                attention_mask: torch.Tensor | None = None, image_features: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        return self.head(self.features(image, input_ids, attention_mask, image_features))  # (B, num_classes)
 
     def num_parameters(self) -> int:
         """Number of parameters."""
@@ -302,11 +337,16 @@ class FusionModel(nn.Module):
 
 def classification_loss_fn(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """`loss_fn` for `fit`: cross-entropy of `model(image, input_ids, attention_mask)` against
-    `batch["label"]` (class indices, (B,) long)."""
-    missing = {"image", "input_ids", "label"} - set(batch)
-    if missing:
+    `batch["label"]` (class indices, (B,) long). A batch holding "image_features" (computed in
+    advance by a frozen `FusionModel.encode_image`) instead of "image" is passed as such."""
+    missing = {"input_ids", "label"} - set(batch)
+    if missing or not {"image", "image_features"} & set(batch):
+        missing |= set() if {"image", "image_features"} & set(batch) else {"image"}
         raise ValueError(f"the batch lacks {sorted(missing)}: a fusion classifier needs images, texts and labels")
-    logits = model(batch["image"], batch["input_ids"], batch.get("attention_mask"))  # (B, C)
+    if "image_features" in batch:
+        logits = model(None, batch["input_ids"], batch.get("attention_mask"), image_features=batch["image_features"])
+    else:
+        logits = model(batch["image"], batch["input_ids"], batch.get("attention_mask"))  # (B, C)
     return F.cross_entropy(logits, batch["label"])
 
 

@@ -122,15 +122,22 @@ def build_itm_pairs(batch: dict, sim: torch.Tensor, generator: torch.Generator |
     negative caption, then for each caption a negative image.
 
     Args:
-        batch: a collated batch with "image" (B, C, H, W), "input_ids" (B, L), "attention_mask"
-            (B, L) and "caption" (B strings; captions equal to a positive are never drawn).
+        batch: a collated batch with "image" (B, C, H, W) or "image_features" (B, ...) computed in
+            advance, "input_ids" (B, L), "attention_mask" (B, L) and "caption" (B strings; captions
+            equal to a positive are never drawn).
         sim: (B, B) image-to-caption similarities (e.g. a CLIP's `logits_per_image`).
         generator, hard, on_empty: as `sample_hard_negatives` (skipped rows add no pair).
 
     Returns:
-        {"image": (P, C, H, W), "input_ids": (P, L), "attention_mask": (P, L), "label": (P,) long
-        (1 = match)}, P = B + the drawn negatives.
+        {"image": (P, C, H, W) (or "image_features": (P, ...)), "input_ids": (P, L), "attention_mask":
+        (P, L), "label": (P,) long (1 = match)}, P = B + the drawn negatives.
+
+    Raises:
+        ValueError: the batch holds neither "image" nor "image_features".
     """
+    image_key = next((k for k in ("image_features", "image") if k in batch), None)
+    if image_key is None:
+        raise ValueError("the batch holds neither 'image' nor 'image_features'")
     same = same_caption_mask(batch["caption"]).to(sim.device)
     neg_text = sample_hard_negatives(sim, same, generator, hard, on_empty)  # (B,) a caption per image
     neg_image = sample_hard_negatives(sim.T, same, generator, hard, on_empty)  # (B,) an image per caption
@@ -140,7 +147,7 @@ def build_itm_pairs(batch: dict, sim: torch.Tensor, generator: torch.Generator |
     image_idx = torch.cat([idx, idx[rows_t], neg_image[rows_i]])
     text_idx = torch.cat([idx, neg_text[rows_t], idx[rows_i]])
     label = torch.cat([torch.ones(B, dtype=torch.long), torch.zeros(int(rows_t.sum() + rows_i.sum()), dtype=torch.long)])
-    return {"image": batch["image"][image_idx], "input_ids": batch["input_ids"][text_idx],
+    return {image_key: batch[image_key][image_idx], "input_ids": batch["input_ids"][text_idx],
             "attention_mask": batch["attention_mask"][text_idx], "label": label.to(sim.device)}
 
 
@@ -164,10 +171,15 @@ def itm_loss_fn(similarity: Callable[[dict], torch.Tensor], hard: bool = True,
     def loss_fn(model: nn.Module, batch: dict) -> torch.Tensor:
         with torch.no_grad():
             sim = similarity(batch).detach().cpu()
-        pairs = build_itm_pairs({k: batch[k] for k in ("image", "input_ids", "attention_mask", "caption")},
+        image_key = "image_features" if "image_features" in batch else "image"  # features computed in advance
+        pairs = build_itm_pairs({k: batch[k] for k in (image_key, "input_ids", "attention_mask", "caption")},
                                 sim, generators.get(), hard)
-        device = batch["image"].device
-        logits = model(pairs["image"], pairs["input_ids"].to(device), pairs["attention_mask"].to(device))
+        device = batch[image_key].device
+        ids, mask = pairs["input_ids"].to(device), pairs["attention_mask"].to(device)
+        if image_key == "image":
+            logits = model(pairs["image"], ids, mask)
+        else:
+            logits = model(None, ids, mask, image_features=pairs["image_features"])
         return F.cross_entropy(logits, pairs["label"].to(device))
 
     return loss_fn

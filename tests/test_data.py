@@ -245,6 +245,7 @@ def test_collate_batches_and_tokenizes():
     assert batch["input_ids"].dtype == batch["attention_mask"].dtype == batch["label"].dtype == torch.long
     assert batch["label"].tolist() == ds.labels[:6].tolist() and batch["index"].tolist() == list(range(6))
     assert batch["caption"] == [ds[i]["caption"] for i in range(6)]
+    assert list(batch) == ["image", "input_ids", "attention_mask", "label", "index", "caption"]  # lesson 03 prints them
     with pytest.raises(ValueError, match="empty batch"):
         make_collate(tok)([])
     with pytest.raises(ValueError, match="callable"):

@@ -81,14 +81,15 @@ def make_collate(tokenizer: Callable[[list[str]], dict[str, torch.Tensor]]) -> C
             raise ValueError("cannot collate an empty batch")
         captions = [it["caption"] for it in items]
         tokens = tokenizer(captions)
-        batch = {
+        batch = {"image": torch.stack([it["image"] for it in items])} if "image" in items[0] else {}  # (B, C, H, W)
+        batch |= {
             "input_ids": tokens["input_ids"],  # (B, L)
             "attention_mask": tokens["attention_mask"],  # (B, L)
             "label": torch.tensor([it["label"] for it in items], dtype=torch.long),  # (B,)
             "index": torch.tensor([it["index"] for it in items], dtype=torch.long),  # (B,)
             "caption": captions,
         }
-        for key, value in items[0].items():  # "image" (B, C, H, W), or features computed in advance
+        for key, value in items[0].items():  # features computed in advance (e.g. "image_features"), stacked
             if isinstance(value, torch.Tensor) and key not in batch:
                 batch[key] = torch.stack([it[key] for it in items])
         return batch

@@ -97,3 +97,21 @@ def test_itm_and_vqa_from_clip_start_from_lesson_06s_towers(tmp_path):
                                  train_config=pf.vqa_train_config(**FAST, lr=1e-12), cache=tmp_path)
     # a learning rate of ~0 leaves the image tower where the CLIP's was (BatchNorm statistics aside)
     torch.testing.assert_close(fresh.visual.convs[0].weight, clip.visual.convs[0].weight, atol=1e-6, rtol=0)
+
+
+@pytest.mark.slow
+def test_vqa_models_share_their_scenes_and_frozen_features(tmp_path):
+    """The five VQA models of lesson 08 render their training scenes once and compute the frozen image tower's
+    output once per kind of input; what they train on is exactly what each would compute alone."""
+    pf._vqa_train_set.cache_clear()
+    pf._FROZEN_FEATURES.clear()
+    first = pf._vqa_train_set(64, 0, True)
+    assert pf._vqa_train_set(64, 0, True) is first and pf._vqa_train_set(64, 1, True) is not first
+    model = pf.load_vqa_model("late", n_train=64, train_config=pf.vqa_train_config(**FAST), cache=tmp_path)[0]
+    features = pf._frozen_image_features(model, first)["image_features"]
+    assert pf._frozen_image_features(model, first)["image_features"] is features  # computed once
+    with torch.no_grad():
+        torch.testing.assert_close(features, model.eval().encode_image(first.images))
+    film = pf.load_vqa_model("film", n_train=64, train_config=pf.vqa_train_config(**FAST), cache=tmp_path)[0]
+    tokens = pf._frozen_image_features(film, first)["image_features"]
+    assert tokens.dim() == 3 and features.dim() == 2  # tokens for FiLM, pooled for late fusion

@@ -82,6 +82,35 @@ def _with_image_features(dataset, encoders: dict, batch_size: int = 500) -> _Wit
     return _WithImageFeatures(dataset, features)
 
 
+@functools.lru_cache(maxsize=2)
+def _vqa_train_set(n_train: int, seed: int, balanced: bool):
+    """The VQA training scenes, generated once per process (the five models of lesson 08 share them;
+    rendering 20,000 scenes takes seconds). Read-only."""
+    from mmcourse.data import ShapesVQA
+
+    return ShapesVQA("train", n=n_train, seed=seed, balanced=balanced, holdout=VQA_HOLDOUT)
+
+
+_FROZEN_FEATURES: dict[tuple, torch.Tensor] = {}  # (dataset id, what the fusion reads, tower weights) -> features
+
+
+def _frozen_image_features(model: FusionModel, dataset) -> dict[str, torch.Tensor]:
+    """{"image_features": model.encode_image(dataset.images)} for a model with frozen towers,
+    computed once per dataset, kind of input ("tokens" or "pooled") and image-tower weights."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, value in model.visual.state_dict().items():
+        digest.update(name.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    key = (id(dataset), model.fusion.image_input, digest.hexdigest())
+    if key not in _FROZEN_FEATURES:
+        _FROZEN_FEATURES.clear()  # one data set's features at a time (tens of MB)
+        _FROZEN_FEATURES[key] = _with_image_features(dataset, {"image_features": model.encode_image}).features[
+            "image_features"]
+    return {"image_features": _FROZEN_FEATURES[key]}
+
+
 def _loader(dataset, tokenizer, batch_size: int, seed: int):
     from torch.utils.data import DataLoader
 
@@ -130,7 +159,7 @@ def load_vqa_model(fusion: str, from_clip: bool = True, freeze_towers: bool = Tr
     Raises:
         ValueError: `freeze_towers` without `from_clip` (random towers that never learn).
     """
-    from mmcourse.data import ANSWERS, ShapesVQA
+    from mmcourse.data import ANSWERS
 
     if freeze_towers and not from_clip:
         raise ValueError("freeze_towers=True needs from_clip=True: towers trained from scratch must not be frozen")
@@ -154,10 +183,10 @@ def load_vqa_model(fusion: str, from_clip: bool = True, freeze_towers: bool = Tr
            "freeze_towers": freeze_towers}
 
     def make():
-        data = ShapesVQA("train", n=n_train, seed=seed, balanced=balanced, holdout=VQA_HOLDOUT)
+        data = _vqa_train_set(n_train, seed, balanced)
         model = build().eval()
         if freeze_towers and model.fusion.image_input is not None:  # the frozen image tower's output, once per scene
-            data = _with_image_features(data, {"image_features": model.encode_image})
+            data = _WithImageFeatures(data, _frozen_image_features(model, data))
         return _loader(data, tokenizer, batch_size, seed)
     data_key = {"n_train": n_train, "balanced": balanced, "holdout": VQA_HOLDOUT, "seed": seed, "batch_size": batch_size}
     model, history, _ = train_or_load(Recipe("vqa", build, key, train_config, make, data_key,

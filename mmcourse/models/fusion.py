@@ -339,9 +339,8 @@ def classification_loss_fn(model: nn.Module, batch: dict[str, torch.Tensor]) -> 
     """`loss_fn` for `fit`: cross-entropy of `model(image, input_ids, attention_mask)` against
     `batch["label"]` (class indices, (B,) long). A batch holding "image_features" (computed in
     advance by a frozen `FusionModel.encode_image`) instead of "image" is passed as such."""
-    missing = {"input_ids", "label"} - set(batch)
-    if missing or not {"image", "image_features"} & set(batch):
-        missing |= set() if {"image", "image_features"} & set(batch) else {"image"}
+    missing = {"input_ids", "label"} - set(batch) | (set() if {"image", "image_features"} & set(batch) else {"image"})
+    if missing:
         raise ValueError(f"the batch lacks {sorted(missing)}: a fusion classifier needs images, texts and labels")
     if "image_features" in batch:
         logits = model(None, batch["input_ids"], batch.get("attention_mask"), image_features=batch["image_features"])

@@ -231,6 +231,26 @@ def _tiny_mlm_config(image_conditioned=False):
                      fusion_layers=1, heads=2, image_conditioned=image_conditioned, cnn_channels=(4, 8))
 
 
+def test_default_schedules_are_the_ones_the_lesson_describes(tmp_path, monkeypatch):
+    """Lesson 07 quotes these schedules (steps, peak rates, epochs): a changed default must change it too."""
+    import mmcourse.recipes.cache as cache
+    import mmcourse.recipes.mlm as mp
+
+    image, text, few = mp.mlm_train_config(), mp.text_mlm_train_config(), mp.few_pair_train_config()
+    assert (image.epochs, image.lr, image.warmup_fraction, image.weight_decay) == (14, 6e-3, 0.1, 0.01)
+    assert (text.epochs, text.lr, text.warmup_fraction, text.weight_decay) == (5, 4e-3, 0.05, 0.01)
+    assert (few.epochs, few.lr) == (20, 4e-3)
+    assert mp.text_mlm_train_config(epochs=2).epochs == 2 and mp.text_mlm_train_config(epochs=2).lr == 4e-3
+    # the loaders use them when given none
+    used = []
+    monkeypatch.setattr(cache, "fit", lambda model, loader, config, **k: used.append(config) or (_ for _ in ()).throw(
+        RuntimeError("stop")))
+    for load in (mp.load_text_mlm, mp.load_image_mlm):
+        with pytest.raises(RuntimeError, match="stop"):
+            load(cache_dir=tmp_path)
+    assert [c.epochs for c in used] == [5, 14] and [c.lr for c in used] == [4e-3, 6e-3]
+
+
 @pytest.mark.slow
 def test_text_and_image_mlm_train_once_then_load(tmp_path, monkeypatch):
     import mmcourse.recipes.mlm as mp

@@ -24,7 +24,7 @@ _API = {
         "load_itm_model"],
     "hf_clip": ["hf_train_config", "load_digits_hf_clip"],
     "locked_text": ["load_digits_locked_clip", "load_shapes_locked_clip"],
-    "mlm": ["MLM_PROBABILITY", "mlm_config", "mlm_train_config", "masked_accuracy_val_fn", "load_text_mlm",
+    "mlm": ["MLM_PROBABILITY", "mlm_config", "mlm_train_config", "text_mlm_train_config", "masked_accuracy_val_fn", "load_text_mlm",
         "load_image_mlm", "TEXT_INITS", "few_pair_clip_config", "few_pair_train_config",
         "load_few_pair_clip"],
     "temperature": ["make_toy_data", "toy_loss", "evaluate_toy", "TensorBatches", "ToyRun",

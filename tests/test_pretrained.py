@@ -153,3 +153,34 @@ def test_cached_models_do_not_depend_on_the_callers_thread_count(tmp_path):
     for k in cached[1]:
         assert torch.equal(cached[1][k], cached[2][k]), k
         assert torch.equal(cached[1][k], plain[1][k]), k  # and it is the one-thread (reference) model
+
+
+class _Asked(Exception):
+    """Raised by a stand-in loader: which cache the recipe asked its dependency to come from."""
+
+
+@pytest.mark.parametrize("call, dependency", [
+    (lambda c: __import__("mmcourse.recipes.fusion", fromlist=["x"]).load_vqa_model("film", cache=c), "fusion"),
+    (lambda c: __import__("mmcourse.recipes.fusion", fromlist=["x"]).load_itm_model(cache=c), "fusion"),
+    (lambda c: __import__("mmcourse.recipes.captioner", fromlist=["x"]).load_captioner("shapes", cache_dir=c), "clip"),
+    (lambda c: __import__("mmcourse.recipes.captioner", fromlist=["x"]).load_captioner("digits", cache_dir=c), "clip"),
+    (lambda c: __import__("mmcourse.recipes.assistant", fromlist=["x"]).load_assistant("align", cache=c), "assistant"),
+    (lambda c: __import__("mmcourse.recipes.audio", fromlist=["x"]).load_audio_encoder("image", cache_dir=c), "audio"),
+], ids=["vqa", "itm", "captioner-shapes", "captioner-digits", "assistant", "audio"])
+def test_a_recipe_loads_what_it_builds_on_from_the_cache_it_was_given(call, dependency, tmp_path, monkeypatch):
+    """A model built on another cached model (a CLIP) must read that model from the cache it was
+    asked to use, not from the default one (the ITM and VQA models and the captioner once did)."""
+    import importlib
+
+    def asked(*args, **kwargs):
+        raise _Asked(kwargs.get("cache_dir"))
+
+    monkeypatch.setenv("MMCOURSE_CACHE", str(tmp_path / "the-default-cache"))
+    for module in ("mmcourse.recipes.clip", f"mmcourse.recipes.{dependency}"):
+        mod = importlib.import_module(module)
+        for name in ("load_shapes_clip", "load_digits_clip"):
+            if hasattr(mod, name):
+                monkeypatch.setattr(mod, name, asked)
+    with pytest.raises(_Asked) as raised:
+        call(str(tmp_path / "asked-for"))
+    assert raised.value.args[0] == str(tmp_path / "asked-for")

@@ -72,7 +72,8 @@ def load_captioner(dataset: str = "shapes", freeze_image_tower: bool = True, con
     if dataset not in ("shapes", "digits"):
         raise ValueError(f"dataset must be 'shapes' or 'digits', got {dataset!r}")
     if clip is None:
-        clip, tokenizer, _ = load_shapes_clip() if dataset == "shapes" else load_digits_clip()
+        load = load_shapes_clip if dataset == "shapes" else load_digits_clip
+        clip, tokenizer, _ = load(cache_dir=cache_dir)  # from the same cache as the captioner
     else:
         from mmcourse.data.tokenizer import default_tokenizer
         tokenizer = default_tokenizer()

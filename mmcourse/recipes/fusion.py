@@ -166,7 +166,7 @@ def load_vqa_model(fusion: str, from_clip: bool = True, freeze_towers: bool = Tr
     tokenizer = fusion_tokenizer()
     train_config = train_config or vqa_train_config()
     if from_clip:
-        clip = load_shapes_clip(two_objects=True).model.cpu()
+        clip = load_shapes_clip(two_objects=True, cache_dir=cache).model.cpu()
         state = {k: v.clone() for k, v in clip.state_dict().items()}
         towers = replace(clip.config, vocab_size=tokenizer.vocab_size)
 
@@ -261,7 +261,7 @@ def load_itm_model(hard: bool = True, freeze_towers: bool = True, n_train: int =
     from mmcourse.objectives.itm import itm_loss_fn
     from mmcourse.recipes.clip import DEFAULT_SHAPES_HOLDOUT
 
-    clip = load_shapes_clip(two_objects=True).model.cpu().eval()
+    clip = load_shapes_clip(two_objects=True, cache_dir=cache).model.cpu().eval()
     for p in clip.parameters():
         p.requires_grad_(False)
     state = {k: v.clone() for k, v in clip.state_dict().items()}

@@ -145,3 +145,26 @@ def test_every_exercise_is_followed_by_a_check(path):
             following = cells[i + 1: i + 4]
             assert any("check" in c.metadata.get("tags", []) for c in following), \
                 f"{_id(path)}: the exercise in cell {i} has no check cell (tagged 'check') right after it"
+
+
+# the recipes of `mmcourse.recipes`: each loads a model from the cache, or trains it now
+TRAINED_LOADER = re.compile(r"\b(load_(digits|shapes|text|image|few|vqa|itm|sentiment|captioner|judge|audio|assistant)"
+                            r"[a-z_]*|train_on_pairs|train_or_load)\(")
+SAYS_IT_TRAINS = re.compile(r"first run|first time|has not run|trained now|trains? (it|them) (now|first)|trained in "
+                            r"seconds|trained once|if you start here", re.I)
+
+
+@pytest.mark.parametrize("path", LESSONS + sorted((ROOT / "solutions").glob("*.ipynb")), ids=_id)
+def test_a_cell_that_may_train_a_model_says_so_before_it_runs(path):
+    """A cell that loads a cached model trains it when the cache lacks it (a lesson or an assignment
+    opened first): the learner is told so before, in the markdown above the cell or in the notebook's
+    opening, or in the cell's own comment. Exercises are generated from the solutions."""
+    cells = _read(path).cells
+    opening = "\n".join(c.source for c in cells[:2] if c.cell_type == "markdown")
+    for i, cell in enumerate(cells):
+        if cell.cell_type != "code" or not TRAINED_LOADER.search(cell.source):
+            continue
+        above = next((c.source for c in reversed(cells[:i]) if c.cell_type == "markdown"), "")
+        told = [text for text in (opening, above, cell.source) if SAYS_IT_TRAINS.search(text)]
+        assert told, (f"{_id(path)}: code cell {i} (`{cell.source.splitlines()[0][:60]}`) may train a model, and "
+                      "nothing before it says so: say which lesson trains it and how long it takes if it must")

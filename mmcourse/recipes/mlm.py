@@ -26,7 +26,7 @@ from mmcourse.recipes.clip import PretrainedCLIP, shapes_clip_config
 from mmcourse.recipes.cache import Recipe, train_or_load
 from mmcourse.training.types import TrainConfig
 
-# Twice BERT's 15%: our captions have about 9 maskable words, so 15% gives one or two targets per
+# Twice BERT's 15%: our captions have about 8 maskable words (7.7 on average), so 15% gives one or two targets per
 # caption; in our runs the image-conditioned model then needed more than twice the epochs to learn
 # the shape words. Wettig et al. (2023) found rates up to 40% as good or better for BERT too.
 MLM_PROBABILITY = 0.3
@@ -43,7 +43,7 @@ def _tokenizer():
 def mlm_config(tokenizer=None, image_conditioned: bool = False) -> MLMConfig:
     """The lesson's MLM architecture: a 2-layer bidirectional text tower of width 64 (the Shapes
     CLIP's text tower, made bidirectional) and 2 fusion layers, with cross-attention to a 3-stage
-    CNN's 8x8 feature map when `image_conditioned`."""
+    CNN's 4x4 feature map (16 image tokens) when `image_conditioned`."""
     tokenizer = tokenizer or _tokenizer()
     return MLMConfig(vocab_size=tokenizer.vocab_size, context_length=tokenizer.context_length, width=64,
                      text_layers=2, fusion_layers=2, heads=4, pad_token_id=tokenizer.pad_token_id,
@@ -52,7 +52,7 @@ def mlm_config(tokenizer=None, image_conditioned: bool = False) -> MLMConfig:
 
 def mlm_train_config(**changes) -> TrainConfig:
     """The image-conditioned model's schedule: AdamW at a peak learning rate of 6e-3 after a 10%
-    warmup, then cosine decay; 14 epochs of batches of 128 (546 steps).
+    warmup, then cosine decay; 14 epochs of batches of 128 (560 steps: 40 per epoch over 5,000 scenes).
 
     That model learns the colour words within 3 epochs and the shape words last; in our runs 12
     epochs stopped with them partly learned (83%), a peak of 1e-2 diverged, and 14 epochs learned

@@ -181,7 +181,10 @@ def test_mean_pooling_is_order_blind_and_the_temporal_model_is_not():
 # -- the cached encoders -------------------------------------------------------------------------------
 
 def test_audio_encoder_recipe_trains_once_then_loads(tmp_path):
+    from conftest import link_shared_models
+    from mmcourse.recipes import load_digits_clip
     from mmcourse.recipes.audio import audio_train_config, load_audio_encoder
+    link_shared_models(tmp_path, load_digits_clip, "digits_clip")  # the CLIP it binds to: lesson 04's, trained once
     cfg = audio_train_config(epochs=1)
     enc, history = load_audio_encoder("image", n_train=256, train_config=cfg, cache_dir=tmp_path)
     again, _ = load_audio_encoder("image", n_train=256, train_config=cfg, cache_dir=tmp_path)

@@ -7,6 +7,7 @@ import mmcourse.recipes.fusion as pf
 from mmcourse.data import faces_corpus, vqa_corpus
 from mmcourse.models import FUSIONS, FusionModel
 from mmcourse.data.tokenizer import default_tokenizer, caption_corpus
+from conftest import link_shared_models
 
 FAST = dict(epochs=1, progress=False, device="cpu")
 
@@ -87,7 +88,8 @@ def test_image_features_replace_the_images_of_a_dataset():
 def test_itm_and_vqa_from_clip_start_from_lesson_06s_towers(tmp_path):
     from mmcourse.recipes import load_shapes_clip
 
-    clip = load_shapes_clip(two_objects=True).model.cpu()
+    link_shared_models(tmp_path, lambda: load_shapes_clip(two_objects=True), "shapes_clip")
+    clip = load_shapes_clip(two_objects=True, cache_dir=tmp_path).model.cpu()
     model, history = pf.load_itm_model(hard=True, n_train=128, train_config=pf.itm_train_config(**FAST), cache=tmp_path)
     assert model.config.num_classes == 2 and len(history.loss) == 128 // 64  # one epoch of batches of 64
     assert not any(p.requires_grad for p in model.visual.parameters())  # frozen towers by default
@@ -103,6 +105,9 @@ def test_itm_and_vqa_from_clip_start_from_lesson_06s_towers(tmp_path):
 def test_vqa_models_share_their_scenes_and_frozen_features(tmp_path):
     """The five VQA models of lesson 08 render their training scenes once and compute the frozen image tower's
     output once per kind of input; what they train on is exactly what each would compute alone."""
+    from mmcourse.recipes import load_shapes_clip
+
+    link_shared_models(tmp_path, lambda: load_shapes_clip(two_objects=True), "shapes_clip")
     pf._vqa_train_set.cache_clear()
     pf._FROZEN_FEATURES.clear()
     first = pf._vqa_train_set(64, 0, True)

@@ -243,8 +243,12 @@ def test_default_schedules_are_the_ones_the_lesson_describes(tmp_path, monkeypat
     assert mp.text_mlm_train_config(epochs=2).epochs == 2 and mp.text_mlm_train_config(epochs=2).lr == 4e-3
     # the loaders use them when given none
     used = []
-    monkeypatch.setattr(cache, "fit", lambda model, loader, config, **k: used.append(config) or (_ for _ in ()).throw(
-        RuntimeError("stop")))
+
+    def fit(model, loader, config, **kwargs):  # record the schedule, train nothing
+        used.append(config)
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(cache, "fit", fit)
     for load in (mp.load_text_mlm, mp.load_image_mlm):
         with pytest.raises(RuntimeError, match="stop"):
             load(cache_dir=tmp_path)

@@ -147,9 +147,23 @@ def test_every_exercise_is_followed_by_a_check(path):
                 f"{_id(path)}: the exercise in cell {i} has no check cell (tagged 'check') right after it"
 
 
-# the recipes of `mmcourse.recipes`: each loads a model from the cache, or trains it now
-TRAINED_LOADER = re.compile(r"\b(load_(digits|shapes|text|image|few|vqa|itm|sentiment|captioner|judge|audio|assistant)"
-                            r"[a-z_]*|train_on_pairs|train_or_load)\(")
+def _recipe_loaders() -> set[str]:
+    """Every public `load_*` / `train_*` function of `mmcourse.recipes`: each loads a model from the
+    cache, or trains it now (read from the package, so a new recipe is covered the day it lands)."""
+    import importlib
+    import pkgutil
+
+    import mmcourse.recipes as recipes
+
+    names = set()
+    for info in pkgutil.iter_modules(recipes.__path__):
+        module = importlib.import_module(f"{recipes.__name__}.{info.name}")
+        names |= {name for name, obj in vars(module).items() if name.startswith(("load_", "train_"))
+                  and callable(obj) and getattr(obj, "__module__", "").startswith(recipes.__name__)}
+    return names
+
+
+TRAINED_LOADER = re.compile(r"\b(" + "|".join(sorted(_recipe_loaders())) + r")\(")
 SAYS_IT_TRAINS = re.compile(r"first run|first time|has not run|trained now|trains? (it|them) (now|first)|trained in "
                             r"seconds|trained once|if you start here", re.I)
 

@@ -159,15 +159,16 @@ class _Asked(Exception):
     """Raised by a stand-in loader: which cache the recipe asked its dependency to come from."""
 
 
-@pytest.mark.parametrize("call, dependency", [
-    (lambda c: __import__("mmcourse.recipes.fusion", fromlist=["x"]).load_vqa_model("film", cache=c), "fusion"),
-    (lambda c: __import__("mmcourse.recipes.fusion", fromlist=["x"]).load_itm_model(cache=c), "fusion"),
-    (lambda c: __import__("mmcourse.recipes.captioner", fromlist=["x"]).load_captioner("shapes", cache_dir=c), "clip"),
-    (lambda c: __import__("mmcourse.recipes.captioner", fromlist=["x"]).load_captioner("digits", cache_dir=c), "clip"),
-    (lambda c: __import__("mmcourse.recipes.assistant", fromlist=["x"]).load_assistant("align", cache=c), "assistant"),
-    (lambda c: __import__("mmcourse.recipes.audio", fromlist=["x"]).load_audio_encoder("image", cache_dir=c), "audio"),
+@pytest.mark.parametrize("module, loader, args, cache_arg", [
+    ("fusion", "load_vqa_model", ("film",), "cache"),
+    ("fusion", "load_itm_model", (), "cache"),
+    ("captioner", "load_captioner", ("shapes",), "cache_dir"),
+    ("captioner", "load_captioner", ("digits",), "cache_dir"),
+    ("assistant", "load_assistant", ("align",), "cache"),
+    ("audio", "load_audio_encoder", ("image",), "cache_dir"),
 ], ids=["vqa", "itm", "captioner-shapes", "captioner-digits", "assistant", "audio"])
-def test_a_recipe_loads_what_it_builds_on_from_the_cache_it_was_given(call, dependency, tmp_path, monkeypatch):
+def test_a_recipe_loads_what_it_builds_on_from_the_cache_it_was_given(module, loader, args, cache_arg, tmp_path,
+                                                                      monkeypatch):
     """A model built on another cached model (a CLIP) must read that model from the cache it was
     asked to use, not from the default one (the ITM and VQA models and the captioner once did)."""
     import importlib
@@ -176,11 +177,11 @@ def test_a_recipe_loads_what_it_builds_on_from_the_cache_it_was_given(call, depe
         raise _Asked(kwargs.get("cache_dir"))
 
     monkeypatch.setenv("MMCOURSE_CACHE", str(tmp_path / "the-default-cache"))
-    for module in ("mmcourse.recipes.clip", f"mmcourse.recipes.{dependency}"):
-        mod = importlib.import_module(module)
+    recipe = importlib.import_module(f"mmcourse.recipes.{module}")
+    for mod in (importlib.import_module("mmcourse.recipes.clip"), recipe):  # imported at the top or inside
         for name in ("load_shapes_clip", "load_digits_clip"):
             if hasattr(mod, name):
                 monkeypatch.setattr(mod, name, asked)
     with pytest.raises(_Asked) as raised:
-        call(str(tmp_path / "asked-for"))
+        getattr(recipe, loader)(*args, **{cache_arg: str(tmp_path / "asked-for")})
     assert raised.value.args[0] == str(tmp_path / "asked-for")

@@ -26,8 +26,8 @@ from mmcourse.recipes.clip import PretrainedCLIP, shapes_clip_config
 from mmcourse.recipes.cache import Recipe, train_or_load
 from mmcourse.training.types import TrainConfig
 
-# Twice BERT's 15%: our captions have about 8 maskable words (7.7 on average), so 15% gives one or two targets per
-# caption; in our runs the image-conditioned model then needed more than twice the epochs to learn
+# Twice BERT's 15%: our captions have about 8 maskable words (7.7 on average), so 15% gives one or
+# two targets per caption; in our runs the image-conditioned model then needed more than twice the epochs to learn
 # the shape words. Wettig et al. (2023) found rates up to 40% as good or better for BERT too.
 MLM_PROBABILITY = 0.3
 
@@ -52,7 +52,8 @@ def mlm_config(tokenizer=None, image_conditioned: bool = False) -> MLMConfig:
 
 def mlm_train_config(**changes) -> TrainConfig:
     """The image-conditioned model's schedule: AdamW at a peak learning rate of 6e-3 after a 10%
-    warmup, then cosine decay; 14 epochs of batches of 128 (560 steps: 40 per epoch over 5,000 scenes).
+    warmup, then cosine decay; 14 epochs of batches of 128 (560 steps: 40 per epoch over 5,000
+    scenes).
 
     That model learns the colour words within 3 epochs and the shape words last; in our runs 12
     epochs stopped with them partly learned (83%), a peak of 1e-2 diverged, and 14 epochs learned

@@ -239,9 +239,14 @@ def test_collate_batches_and_tokenizes():
     ds = Shapes("val", n=10, two_objects=True)
     batch = make_collate(tok)([ds[i] for i in range(6)])
     assert batch["image"].shape == (6, 3, 32, 32) and batch["image"].dtype == torch.float32
-    ref = tok(batch["caption"])
-    torch.testing.assert_close(batch["input_ids"], ref["input_ids"])
-    torch.testing.assert_close(batch["attention_mask"], ref["attention_mask"])
+    ref = tok(batch["caption"])  # padded to context_length
+    longest = int(ref["attention_mask"].sum(1).max())
+    assert longest < tok.context_length and batch["input_ids"].shape == (6, longest)  # padded to the longest caption
+    torch.testing.assert_close(batch["input_ids"], ref["input_ids"][:, :longest])
+    torch.testing.assert_close(batch["attention_mask"], ref["attention_mask"][:, :longest])
+    assert batch["attention_mask"][:, -1].any()  # no column of padding only
+    fixed = make_collate(tok, pad_to_longest=False)([ds[i] for i in range(6)])
+    torch.testing.assert_close(fixed["input_ids"], ref["input_ids"])
     assert batch["input_ids"].dtype == batch["attention_mask"].dtype == batch["label"].dtype == torch.long
     assert batch["label"].tolist() == ds.labels[:6].tolist() and batch["index"].tolist() == list(range(6))
     assert batch["caption"] == [ds[i]["caption"] for i in range(6)]
@@ -276,7 +281,8 @@ def test_digits_dataloaders_cover_splits_and_shuffle_by_seed():
 def test_shapes_dataloaders_pass_options():
     train, val, test = shapes_dataloaders(batch_size=64, holdout=["red circle"], n=100)
     b = next(iter(train))
-    assert b["image"].shape == (64, 3, 32, 32) and b["input_ids"].shape == (64, default_tokenizer().context_length)
+    longest = max(len(default_tokenizer().encode(c)) for c in b["caption"])  # [SOT] ... [EOT]
+    assert b["image"].shape == (64, 3, 32, 32) and b["input_ids"].shape == (64, longest)
     assert train.dataset.holdout == (("red", "circle"),) and len(test.dataset) == 100
 
 

@@ -252,6 +252,27 @@ def test_cnn_stem_stride_on_32px_rgb():
     assert model.encode_image(batch(channels=3, size=32)[0]).shape == (5, 16)
 
 
+def test_cnn_stores_images_pixel_by_pixel_and_computes_the_same_function():
+    """SmallCNN runs its convolutions on a channels-last copy of the image (faster on a CPU): same
+    values and gradients as the layers applied one by one to the image as it was given."""
+    torch.manual_seed(0)
+    cnn = SmallCNN(3, 32, (8, 16, 16), 24, stem_stride=2).train()
+    x = torch.randn(6, 3, 32, 32)
+    assert x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
+    ref = x
+    for layer in cnn.convs:
+        ref = layer(ref)
+    ref = F.relu(cnn.fc(ref.reshape(6, -1)))
+    out = cnn(x)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
+    assert x.is_contiguous()  # the caller's tensor is untouched
+    grad_ref = torch.autograd.grad(ref.square().sum(), cnn.fc.weight)[0]
+    grad = torch.autograd.grad(cnn(x).square().sum(), cnn.fc.weight)[0]
+    torch.testing.assert_close(grad, grad_ref, atol=1e-4, rtol=1e-4)
+    tokens = cnn.forward_tokens(x)  # (B, 4*4, 16), row-major
+    torch.testing.assert_close(tokens, cnn.convs(x).reshape(6, 16, 16).transpose(1, 2), atol=1e-5, rtol=1e-4)
+
+
 # -- shared Transformer pieces used by lessons 07-09 (cross-attention, causal masks, token outputs)
 
 from mmcourse.models import Block, CrossAttention, SmallCNN, text_attention_mask  # noqa: E402

@@ -61,12 +61,18 @@ def _resolve_templates(templates, split: str, train: Sequence[str], heldout: Seq
 
 
 # ------------------------------------------------------------------------------ batching
-def make_collate(tokenizer: Callable[[list[str]], dict[str, torch.Tensor]]) -> Callable[[list[dict]], dict]:
+def make_collate(tokenizer: Callable[[list[str]], dict[str, torch.Tensor]],
+                 pad_to_longest: bool = True) -> Callable[[list[dict]], dict]:
     """A `DataLoader` collate function that stacks images and tokenizes captions.
 
     Args:
         tokenizer: callable `tokenizer(list[str]) -> {"input_ids": (B, L), "attention_mask": (B, L)}`
             (e.g. `mmcourse.data.tokenizer.default_tokenizer()`).
+        pad_to_longest: cut the padding columns after the batch's longest caption, so L is that
+            caption's length (Hugging Face's `DataCollatorWithPadding` default, `padding="longest"`).
+            The models mask padding and read positions 0..L-1, so every output is the same (to
+            float rounding); a Shapes batch of 256 has at most 14 of 20 positions real, and a digits
+            batch 10. False keeps the tokenizer's fixed `context_length`.
 
     Returns:
         `collate(items) -> {"image": (B, C, H, W) float, "input_ids": (B, L) long,
@@ -81,6 +87,9 @@ def make_collate(tokenizer: Callable[[list[str]], dict[str, torch.Tensor]]) -> C
             raise ValueError("cannot collate an empty batch")
         captions = [it["caption"] for it in items]
         tokens = tokenizer(captions)
+        if pad_to_longest:
+            length = int(tokens["attention_mask"].sum(1).max())  # the longest caption, [SOT] and [EOT] included
+            tokens = {k: tokens[k][:, :length] for k in ("input_ids", "attention_mask")}
         batch = {"image": torch.stack([it["image"] for it in items])} if "image" in items[0] else {}  # (B, C, H, W)
         batch |= {
             "input_ids": tokens["input_ids"],  # (B, L)

@@ -139,6 +139,14 @@ def text_attention_mask(attention_mask: torch.Tensor, causal: bool) -> torch.Ten
 # 2. Image encoders: (B, C, H, W) -> (B, E)
 
 
+def _channels_last(image: torch.Tensor) -> torch.Tensor:
+    """The same (B, C, H, W) image stored pixel by pixel (NHWC): oneDNN's convolutions run faster on it
+    on a CPU (the Shapes CLIP's image tower, forward and backward on a batch of 256: 49 -> 35 ms of CPU;
+    a whole training step 9% less, `benchmarks/bench_step.py`), and values, shapes and indexing do not
+    change."""
+    return image.contiguous(memory_format=torch.channels_last) if image.dim() == 4 else image
+
+
 class SmallCNN(nn.Module):
     """Conv-BN-ReLU stages (the first keeps the resolution unless `stem_stride` > 1, later ones
     halve it), then a linear layer on the flattened feature map. Flattening, rather than global average pooling, keeps
@@ -160,10 +168,10 @@ class SmallCNN(nn.Module):
     def forward_tokens(self, image: torch.Tensor) -> torch.Tensor:
         """The last feature map as a sequence of spatial tokens: (B, H'*W', C_last), row-major
         (what a cross-attention layer reads as "image tokens")."""
-        return self.convs(image).flatten(2).transpose(1, 2)  # (B, H'*W', C_last)
+        return self.convs(_channels_last(image)).flatten(2).transpose(1, 2)  # (B, H'*W', C_last)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        x = self.convs(image)  # (B, C_last, H', W')
+        x = self.convs(_channels_last(image))  # (B, C_last, H', W')
         return F.relu(self.fc(x.flatten(1)))  # (B, E)
 
 

@@ -33,7 +33,8 @@ from mmcourse.training.checkpoint import load_checkpoint, save_atomic
 from mmcourse.utils import REFERENCE_THREADS, torch_threads
 
 
-CACHE_VERSION = 1  # bump when the saved format or the training code changes what a config means
+CACHE_VERSION = 2  # bump when the saved format or the training code changes what a config means
+# 2: batches padded to their longest caption (`make_collate`), images channels-last in `SmallCNN`
 
 
 # ------------------------------------------------------------------------------ the cache

@@ -85,6 +85,23 @@ def test_shapes_model_with_holdout(tmp_path):
     assert len(list(tmp_path.glob("*.pt"))) == len(names) + 1  # another holdout is another model
 
 
+@pytest.mark.parametrize("two_objects", [False, True])
+def test_shapes_clips_train_with_the_schedule_lesson_06_describes(two_objects, monkeypatch):
+    """Lesson 06 contrasts the default 20 epochs (5% warmup) with 15; both Shapes CLIPs use it."""
+    seen = {}
+
+    def record(recipe, **kwargs):
+        seen["config"] = recipe.train_config
+        raise RuntimeError("recorded")
+
+    monkeypatch.setattr(pretrained, "train_or_load", record)
+    with pytest.raises(RuntimeError, match="recorded"):
+        load_shapes_clip(two_objects=two_objects)
+    config = seen["config"]
+    assert (config.epochs, config.warmup_fraction, config.lr, config.weight_decay) == (20, 0.05, 4e-3, 0.1)
+    assert pretrained.shapes_train_config(epochs=15).epochs == 15
+
+
 def test_concurrent_requests_train_once(tmp_path):
     """Two processes asking for the same uncached model: one trains, the other waits and loads."""
     import subprocess

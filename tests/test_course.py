@@ -98,3 +98,46 @@ def test_execute_lesson_gives_the_kernel_an_absolute_cache(tmp_path, monkeypatch
     nbf.write(nbf.v4.new_notebook(), str(lesson))
     course.execute_lesson(lesson, cache="build/cache")
     assert seen["MMCOURSE_CACHE"] == str(tmp_path / "build" / "cache")
+
+
+def test_machine_gflops_is_two_n_cubed_over_the_median_time(monkeypatch):
+    import pytest
+
+    from mmcourse.classroom import course
+
+    seen = {}
+
+    def fake(n, min_run_time):
+        seen.update(n=n, min_run_time=min_run_time)
+        return 0.004  # seconds per product
+    monkeypatch.setattr(course, "_median_product_seconds", fake)
+    assert course.machine_gflops(n=200, min_run_time=0.5) == pytest.approx(2 * 200**3 / 0.004 / 1e9)  # 4 GFLOP/s
+    assert seen == {"n": 200, "min_run_time": 0.5}
+    for bad in (dict(n=0), dict(min_run_time=0.0)):
+        with pytest.raises(ValueError, match="n >= 1 and min_run_time > 0"):
+            course.machine_gflops(**bad)
+
+
+def test_machine_gflops_times_a_real_product_on_one_thread_and_restores_the_threads():
+    import statistics
+    import time
+
+    import torch
+
+    from mmcourse.classroom import course
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        rate = course.machine_gflops(n=128, min_run_time=0.05)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    a = torch.randn(128, 128)
+    times = []
+    for _ in range(20):  # the same rate measured naively, within a factor of 10 (a shared machine is noisy)
+        start = time.perf_counter()
+        a @ a
+        times.append(time.perf_counter() - start)
+    naive = 2 * 128**3 / statistics.median(times) / 1e9
+    assert naive / 10 < rate < naive * 10

@@ -167,6 +167,44 @@ def execute_lesson(path: str | os.PathLike, cache: str | os.PathLike | None = No
     return time.perf_counter() - start, cpu
 
 
+def machine_gflops(n: int = 512, min_run_time: float = 1.0) -> float:
+    """How fast this machine multiplies matrices right now: GFLOP/s of an (n, n) @ (n, n) float32 product
+    on one torch thread (2 n^3 floating-point operations per product), from the median time of the
+    products run in about `min_run_time` seconds (at least 3). The caller's torch thread count is restored.
+
+    `make course` prints it before the first lesson and after the last, so first-run times measured on
+    different days can be compared: a shared machine's speed can change by a factor of two from one hour
+    to the next (lesson 00 measures the same rate).
+
+    Raises:
+        ValueError: `n` < 1 or `min_run_time` <= 0.
+    """
+    if n < 1 or not min_run_time > 0:
+        raise ValueError(f"need n >= 1 and min_run_time > 0, got n={n}, min_run_time={min_run_time}")
+    return 2 * n**3 / _median_product_seconds(n, min_run_time) / 1e9
+
+
+def _median_product_seconds(n: int, min_run_time: float) -> float:
+    import statistics
+
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        a @ b  # warm-up
+        times: list[float] = []
+        deadline = time.perf_counter() + min_run_time
+        while time.perf_counter() < deadline or len(times) < 3:
+            start = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
+    return statistics.median(times)
+
+
 def _children_cpu_seconds() -> float | None:
     try:
         import resource
@@ -206,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     from mmcourse.classroom.notebooks import NotebookCellError
 
     failures = 0
+    print(f"this machine now: {machine_gflops():.0f} GFLOP/s (512x512 float32 products, one thread); "
+          "first-run times compare between runs at similar speeds", flush=True)
     for number, path in enumerate(paths, 1):
         print(f"[{number}/{len(paths)}] {path}: running...", flush=True)
         before = set(args.cache.glob("*.pt"))
@@ -225,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             args.html.mkdir(parents=True, exist_ok=True)
             body, _ = HTMLExporter().from_notebook_node(nbformat.read(str(path), as_version=4))
             (args.html / path.with_suffix(".html").name).write_text(body, encoding="utf-8")
+    print(f"this machine at the end: {machine_gflops():.0f} GFLOP/s", flush=True)
     return 1 if failures else 0
 
 

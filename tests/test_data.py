@@ -247,6 +247,13 @@ def test_collate_batches_and_tokenizes():
     assert batch["attention_mask"][:, -1].any()  # no column of padding only
     fixed = make_collate(tok, pad_to_longest=False)([ds[i] for i in range(6)])
     torch.testing.assert_close(fixed["input_ids"], ref["input_ids"])
+
+    def left_padding(captions):  # real tokens last: cutting after the longest would drop them
+        out = tok(captions)
+        return {k: v.flip(1) for k, v in out.items()}
+    with pytest.raises(ValueError, match="pads on the right"):
+        make_collate(left_padding)([ds[i] for i in range(6)])
+    assert make_collate(left_padding, pad_to_longest=False)([ds[i] for i in range(6)])["input_ids"].shape == (6, 20)
     assert batch["input_ids"].dtype == batch["attention_mask"].dtype == batch["label"].dtype == torch.long
     assert batch["label"].tolist() == ds.labels[:6].tolist() and batch["index"].tolist() == list(range(6))
     assert batch["caption"] == [ds[i]["caption"] for i in range(6)]

@@ -74,6 +74,10 @@ def make_collate(tokenizer: Callable[[list[str]], dict[str, torch.Tensor]],
             float rounding); a Shapes batch of 256 has at most 14 of 20 positions real, and a digits
             batch 10. False keeps the tokenizer's fixed `context_length`.
 
+    Raises:
+        ValueError: an empty batch, a tokenizer that is not callable, or (with `pad_to_longest`) one that
+            does not pad on the right, whose cut would drop real tokens.
+
     Returns:
         `collate(items) -> {"image": (B, C, H, W) float, "input_ids": (B, L) long,
         "attention_mask": (B, L) long, "label": (B,) long, "index": (B,) long, "caption": list[str]}`;
@@ -89,6 +93,9 @@ def make_collate(tokenizer: Callable[[list[str]], dict[str, torch.Tensor]],
         tokens = tokenizer(captions)
         if pad_to_longest:
             length = int(tokens["attention_mask"].sum(1).max())  # the longest caption, [SOT] and [EOT] included
+            if tokens["attention_mask"][:, length:].any():  # real tokens after the padding: not right-padded
+                raise ValueError("pad_to_longest=True needs a tokenizer that pads on the right (real tokens first, "
+                                 "attention_mask 1...1 0...0); this one does not: pass pad_to_longest=False")
             tokens = {k: tokens[k][:, :length] for k in ("input_ids", "attention_mask")}
         batch = {"image": torch.stack([it["image"] for it in items])} if "image" in items[0] else {}  # (B, C, H, W)
         batch |= {

@@ -13,7 +13,7 @@ TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 PIP      := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 DOCTOR   := $(BIN)/python -m mmcourse.classroom.doctor
 
-.PHONY: lab test test-grader course doctor exercises check bench setup setup-dev clean help
+.PHONY: lab test test-grader course weights doctor exercises check bench setup setup-dev clean help
 
 help:  ## list the targets and the variables they take
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -34,6 +34,9 @@ test-grader: setup-dev  ## the grader's cold-cache tests for every assignment th
 
 course: setup  ## re-execute lessons in place, printing each one's time (outputs committed; HTML in build/course)
 	$(BIN)/python -m mmcourse.classroom.course --html build/course $(LESSONS)
+
+weights: setup  ## rebuild the shipped models (mmcourse/recipes/weights): every lesson and solution from scratch (~20 min)
+	$(BIN)/python -m mmcourse.classroom.weights
 
 doctor:  ## check Python, torch/torchvision and every package the course needs; one line per problem with its fix
 	@$(DOCTOR)

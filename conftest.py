@@ -21,6 +21,23 @@ for _name, _value in REFERENCE_ENV.items():
 os.environ.setdefault("MMCOURSE_CACHE", str(ROOT / "build" / "cache"))
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """The staleness check of the shipped weights: the kernel nbval starts for a lesson or solution runs
+    with `MMCOURSE_SHIPPED_WEIGHTS=required`, so a lesson that would train a model the course should
+    ship (a recipe changed since `make weights`) fails with `ShippedWeightsMissing` instead of training
+    it silently. Other tests (the grader's students, exercises with blanks) keep the learner's default."""
+    if type(item).__name__ == "IPyNbCell":
+        os.environ["MMCOURSE_SHIPPED_WEIGHTS"] = "required"  # before nbval's setup starts the kernel
+    elif _SHIPPED_SETTING is None:
+        os.environ.pop("MMCOURSE_SHIPPED_WEIGHTS", None)
+    else:
+        os.environ["MMCOURSE_SHIPPED_WEIGHTS"] = _SHIPPED_SETTING
+
+
+_SHIPPED_SETTING = os.environ.get("MMCOURSE_SHIPPED_WEIGHTS")  # the caller's own, restored for other tests
+
+
 def pytest_collection_modifyitems(config, items):
     """nbval's cells count as notebook tests: `-m "not notebook"` leaves them out."""
     for item in items:

@@ -44,9 +44,9 @@ def link_shared_models(tmp_path, load, prefix: str) -> None:
     """Train or load a model in the suite's shared cache (`load()`, e.g. lesson 06's CLIP, which the
     lessons' runs share), then link its files into `tmp_path`: a recipe given `cache=tmp_path` builds
     on it there without training it a second time."""
-    from mmcourse.recipes.cache import cache_dir
+    from mmcourse.recipes.cache import SHIPPED_WEIGHTS, cache_dir
 
     load()
-    for path in cache_dir().glob(f"{prefix}_*.pt"):
+    for path in [*cache_dir().glob(f"{prefix}_*.pt"), *SHIPPED_WEIGHTS.glob(f"{prefix}_*.pt")]:
         if not (tmp_path / path.name).exists():
             (tmp_path / path.name).symlink_to(path)

@@ -11,6 +11,14 @@ training config, data settings, a format version), in `MMCOURSE_CACHE` or else
 interrupted save never leaves a broken cache entry; an interrupted *training* keeps its
 checkpoint and resumes from it on the next call. Two processes asking for the same model: the
 second waits for the first (an inter-process lock), then loads its result.
+
+Shipped weights: the course ships, in `mmcourse/recipes/weights/`, the models its lessons and
+assignments load, as these recipes trained them on the reference setup (one torch thread), under
+the same file names. A recipe not in the cache is loaded from there instead of trained, so a lesson's
+first run does not wait for training; a changed recipe has a new key, finds no shipped file and is
+trained. `MMCOURSE_SHIPPED_WEIGHTS=0` ignores them (everything trains from scratch, as `make weights`
+does to rebuild them); `=required` makes a lesson that would train a model the course should have
+shipped fail with an error instead (the test suite's staleness check).
 """
 from __future__ import annotations
 
@@ -33,6 +41,9 @@ from mmcourse.training.checkpoint import load_checkpoint, save_atomic
 from mmcourse.utils import REFERENCE_THREADS, torch_threads
 
 
+SHIPPED_WEIGHTS = Path(__file__).resolve().parent / "weights"
+SHIPPED_MODES = ("1", "0", "required")
+
 CACHE_VERSION = 2  # bump when the saved format or the training code changes what a config means
 # 2: batches padded to their longest caption (`make_collate`), images channels-last in `SmallCNN`
 
@@ -43,6 +54,24 @@ def cache_dir(path: str | os.PathLike | None = None) -> Path:
     """Where trained models are kept: `path`, else `MMCOURSE_CACHE`, else `~/.cache/mmcourse`."""
     path = path or os.environ.get("MMCOURSE_CACHE") or Path.home() / ".cache" / "mmcourse"
     return Path(path).expanduser()
+
+
+def shipped_mode() -> str:
+    """`MMCOURSE_SHIPPED_WEIGHTS`: "1" (default) load shipped weights, "0" ignore them, "required"
+    raise `ShippedWeightsMissing` instead of training a lesson model into the default cache.
+
+    Raises:
+        ValueError: the variable holds anything else (named, with the values it takes).
+    """
+    mode = os.environ.get("MMCOURSE_SHIPPED_WEIGHTS", "1").strip().lower() or "1"
+    if mode not in SHIPPED_MODES:
+        raise ValueError(f"MMCOURSE_SHIPPED_WEIGHTS={mode!r}: use 1 (load the shipped weights), 0 (train "
+                         f"everything from scratch) or required (fail instead of training a lesson model)")
+    return mode
+
+
+class ShippedWeightsMissing(RuntimeError):
+    """A model the course should ship is not in `mmcourse/recipes/weights/` (stale shipped weights)."""
 
 
 def config_hash(*parts: Any) -> str:
@@ -111,11 +140,13 @@ class TrainedModel(NamedTuple):
 
 
 def train_or_load(recipe: Recipe, *, cache: str | os.PathLike | None = None, force: bool = False,
-                  callbacks: Sequence = (), device: str | torch.device | None = None) -> TrainedModel:
+                  callbacks: Sequence = (), device: str | torch.device | None = None,
+                  shipped: bool = True) -> TrainedModel:
     """Train once, then cache: the one mechanism behind every trained model of every lesson.
 
     Loads `recipe`'s model from the cache if one with exactly this recipe's key was trained
-    before; otherwise builds it, trains it with `mmcourse.training.fit` (resuming an interrupted
+    before, else from the course's shipped weights if they hold it (see the module docstring);
+    otherwise builds it, trains it with `mmcourse.training.fit` (resuming an interrupted
     earlier attempt from its checkpoint) and caches its `state_dict()`. Training runs with one
     torch thread (`mmcourse.utils.torch_threads`): the thread count changes the order of
     floating-point sums (a convolution's weight gradient), so with it the trained weights and every
@@ -126,29 +157,44 @@ def train_or_load(recipe: Recipe, *, cache: str | os.PathLike | None = None, for
     Args:
         recipe: the `Recipe`.
         cache: the cache folder (default `MMCOURSE_CACHE` or `~/.cache/mmcourse`).
-        force: retrain even if cached.
+        force: retrain even if cached or shipped.
         callbacks: passed to `fit` when training (e.g. `LivePlot()`).
         device: where to put a loaded model (default `train_config.device`, else `get_device()`).
+        shipped: look in the shipped weights (False: train it here unless cached, as lesson 04 does
+            to show training).
 
     Returns:
-        `TrainedModel(model in eval mode, its training History, the cache file)`; if training was
-        interrupted, the model so far and the checkpoint the next call resumes from.
+        `TrainedModel(model in eval mode, its training History, the file it came from)`; if training
+        was interrupted, the model so far and the checkpoint the next call resumes from.
+
+    Raises:
+        TypeError: `recipe` is not a `Recipe`.
+        ValueError: `MMCOURSE_SHIPPED_WEIGHTS` holds an unknown value.
+        ShippedWeightsMissing: `MMCOURSE_SHIPPED_WEIGHTS=required`, the default cache, and a model
+            that is neither cached nor shipped (the shipped weights are stale: `make weights`).
     """
     if not isinstance(recipe, Recipe):
         raise TypeError(f"train_or_load takes a Recipe, got {type(recipe).__name__}")
     train_config = recipe.train_config
     path = recipe.path(cache)
+    mode = shipped_mode()
     with _exclusive(path.with_name(path.name + ".lock")):
         partial = path.with_name(path.stem + ".partial.pt")
         torch.manual_seed(train_config.seed)  # the initial weights depend on the seed only
         model = recipe.build_model()
-        if path.exists() and not force:
-            from mmcourse.utils import get_device
+        ship = SHIPPED_WEIGHTS / path.name
+        for source in (path, ship if shipped and mode != "0" else None):
+            if source is not None and source.exists() and not force:
+                from mmcourse.utils import get_device
 
-            saved = load_checkpoint(path)
-            model.load_state_dict(saved["model"])
-            model.to(torch.device(device or train_config.device or get_device()))
-            return TrainedModel(model.eval(), History.from_dict(saved["history"]), path)
+                saved = load_checkpoint(source)
+                model.load_state_dict(saved["model"])
+                model.to(torch.device(device or train_config.device or get_device()))
+                return TrainedModel(model.eval(), History.from_dict(saved["history"]), source)
+        if shipped and mode == "required" and cache is None and not force:
+            raise ShippedWeightsMissing(
+                f"{path.name}: this model is neither in the cache nor in the shipped weights "
+                f"({SHIPPED_WEIGHTS}); a recipe changed since they were built: run `make weights`")
         if force:
             partial.unlink(missing_ok=True)
         with torch_threads(REFERENCE_THREADS):  # the same weights whatever the caller's thread count

@@ -100,8 +100,9 @@ def zero_shot_val_fn(dataset, tokenizer: Callable, classnames: Sequence[str], te
 
 def load_digits_clip(config: CLIPConfig | None = None, train_config: TrainConfig | None = None,
                      cache_dir: str | os.PathLike | None = None, force: bool = False, batch_size: int = 128,
-                     seed: int = 0, callbacks: Sequence = ()) -> PretrainedCLIP:
-    """A CLIP trained on captioned digits (training templates only), from the cache or trained now.
+                     seed: int = 0, callbacks: Sequence = (), shipped: bool = True) -> PretrainedCLIP:
+    """A CLIP trained on captioned digits (training templates only): from the cache, else the course's
+    shipped weights, else trained now.
 
     Args:
         config: the architecture (default `digits_clip_config()`).
@@ -110,6 +111,7 @@ def load_digits_clip(config: CLIPConfig | None = None, train_config: TrainConfig
         force: retrain even if cached.
         batch_size, seed: of the training loader (seed also fixes the data split).
         callbacks: passed to `fit` when training (e.g. `LivePlot()`).
+        shipped: load the course's shipped weights when not cached (False: train it, as lesson 04 does).
 
     Returns:
         `PretrainedCLIP(model, tokenizer, history)`; `history.val` holds zero-shot accuracy on
@@ -125,7 +127,7 @@ def load_digits_clip(config: CLIPConfig | None = None, train_config: TrainConfig
     recipe = clip_recipe("digits_clip", config, train_config,
                          make_loader=lambda: digits_dataloaders(tokenizer, batch_size=batch_size, seed=seed)[0],
                          data_key={"dataset": "digits", "batch_size": batch_size, "seed": seed}, val_fn=val_fn)
-    model, history, _ = train_or_load(recipe, cache=cache_dir, force=force, callbacks=callbacks)
+    model, history, _ = train_or_load(recipe, cache=cache_dir, force=force, callbacks=callbacks, shipped=shipped)
     return PretrainedCLIP(model, tokenizer, history)
 
 

@@ -164,14 +164,14 @@ def _recipe_loaders() -> set[str]:
 
 
 TRAINED_LOADER = re.compile(r"\b(" + "|".join(sorted(_recipe_loaders())) + r")\(")
-SAYS_IT_TRAINS = re.compile(r"first run|first time|has not run|trained now|trains? (it|them) (now|first)|trained in "
-                            r"seconds|trained once|if you start here", re.I)
+SAYS_WHERE = re.compile(r"first run|first time|has not run|trained now|trains? (it|them) (now|first)|trained in "
+                        r"seconds|trained once|if you start here|ships? with the course|shipped|the course ships", re.I)
 
 
 @pytest.mark.parametrize("path", LESSONS + sorted((ROOT / "solutions").glob("*.ipynb")), ids=_id)
-def test_a_cell_that_may_train_a_model_says_so_before_it_runs(path):
-    """A cell that loads a cached model trains it when the cache lacks it (a lesson or an assignment
-    opened first): the learner is told so before, in the markdown above the cell or in the notebook's
+def test_a_cell_that_loads_a_model_says_where_it_comes_from(path):
+    """A cell that loads one of the course's models gets it from the cache, from the shipped weights, or
+    trains it now: the learner is told which before, in the markdown above the cell or in the notebook's
     opening, or in the cell's own comment. Exercises are generated from the solutions."""
     cells = _read(path).cells
     opening = "\n".join(c.source for c in cells[:2] if c.cell_type == "markdown")
@@ -179,6 +179,7 @@ def test_a_cell_that_may_train_a_model_says_so_before_it_runs(path):
         if cell.cell_type != "code" or not TRAINED_LOADER.search(cell.source):
             continue
         above = next((c.source for c in reversed(cells[:i]) if c.cell_type == "markdown"), "")
-        told = [text for text in (opening, above, cell.source) if SAYS_IT_TRAINS.search(text)]
-        assert told, (f"{_id(path)}: code cell {i} (`{cell.source.splitlines()[0][:60]}`) may train a model, and "
-                      "nothing before it says so: say which lesson trains it and how long it takes if it must")
+        told = [text for text in (opening, above, cell.source) if SAYS_WHERE.search(text)]
+        assert told, (f"{_id(path)}: code cell {i} (`{cell.source.splitlines()[0][:60]}`) loads a model, and nothing "
+                      "before it says where from: say that it ships with the course, or which lesson trains it and "
+                      "how long it takes")

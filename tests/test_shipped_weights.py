@@ -102,6 +102,18 @@ def test_an_unknown_shipped_weights_setting_is_named(monkeypatch, value):
         cache.train_or_load(_recipe(), cache="unused")
 
 
+def test_the_callers_random_state_is_untouched_whether_the_model_is_trained_or_loaded(shipped):
+    draws = []
+    for _ in ("trains", "loads from the cache", "loads the shipped file"):
+        torch.manual_seed(123)
+        cache.train_or_load(_recipe(lr=0.05) if len(draws) < 2 else _recipe())
+        draws.append(torch.rand(3))
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    for got in draws:
+        assert torch.equal(got, expected)
+
+
 # ------------------------------------------------------------------------------ the course's files
 
 def test_the_manifest_matches_the_shipped_files():
@@ -148,3 +160,47 @@ def test_a_shipped_model_is_what_its_recipe_trains_from_scratch(tmp_path, monkey
     assert history.loss == pytest.approx(shipped_history.loss, rel=1e-4)
     for k, v in shipped_model.state_dict().items():
         torch.testing.assert_close(model.state_dict()[k], v, rtol=1e-4, atol=1e-5, msg=k)
+
+
+def _notebook(path, source):
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(source)]
+    nbformat.write(nb, str(path))
+    return path
+
+
+TRAINS_TINY = """
+import torch
+from mmcourse.recipes.cache import Recipe, train_or_load
+from mmcourse.training import TrainConfig
+
+data = torch.utils.data.TensorDataset(torch.randn(32, 4, generator=torch.Generator().manual_seed(0)), torch.zeros(32, dtype=torch.long))
+recipe = Recipe("tiny_built", lambda: torch.nn.Linear(4, 2), {"width": 4}, TrainConfig(epochs=1, progress=False, device="cpu"),
+                lambda: torch.utils.data.DataLoader(data, batch_size=8), {"n": 32},
+                loss_fn=lambda model, batch: torch.nn.functional.cross_entropy(model(batch[0]), batch[1]))
+print(train_or_load(recipe).path.name)
+"""
+
+
+def test_make_weights_ships_exactly_what_the_notebooks_trained(tmp_path, capsys):
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    (folder / "stale_0123456789ab.pt").write_bytes(b"old")
+    nb = _notebook(tmp_path / "01_trains.ipynb", TRAINS_TINY)
+    assert weights.build([nb], tmp_path / "cache", folder) == 0
+    shipped_now = [p.name for p in weights.shipped_files(folder)]
+    assert len(shipped_now) == 1 and shipped_now[0].startswith("tiny_built_")  # the stale one is gone
+    assert weights.manifest_problems(folder) == []
+    assert "1 models" in capsys.readouterr().out
+
+
+def test_make_weights_leaves_the_folder_alone_when_a_notebook_fails(tmp_path):
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    (folder / "kept_0123456789ab.pt").write_bytes(b"old")
+    good = _notebook(tmp_path / "01_trains.ipynb", TRAINS_TINY)
+    bad = _notebook(tmp_path / "02_fails.ipynb", "raise RuntimeError('broken lesson')")
+    assert weights.build([good, bad], tmp_path / "cache", folder) == 1
+    assert [p.name for p in weights.shipped_files(folder)] == ["kept_0123456789ab.pt"]

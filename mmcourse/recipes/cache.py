@@ -163,6 +163,9 @@ def train_or_load(recipe: Recipe, *, cache: str | os.PathLike | None = None, for
         shipped: look in the shipped weights (False: train it here unless cached, as lesson 04 does
             to show training).
 
+    The global torch random state is the same after the call as before it, whether the model was
+    loaded or trained (so what a lesson draws next does not depend on the cache).
+
     Returns:
         `TrainedModel(model in eval mode, its training History, the file it came from)`; if training
         was interrupted, the model so far and the checkpoint the next call resumes from.
@@ -175,9 +178,22 @@ def train_or_load(recipe: Recipe, *, cache: str | os.PathLike | None = None, for
     """
     if not isinstance(recipe, Recipe):
         raise TypeError(f"train_or_load takes a Recipe, got {type(recipe).__name__}")
+    mode = shipped_mode()
+    # The caller's random state is left as it was, whether the model is loaded or trained: otherwise what a
+    # lesson computes after this call (a shuffled batch, a random init) would differ between a first run,
+    # which trained, and every later one, which loaded.
+    with torch.random.fork_rng(devices=_rng_devices()):
+        return _train_or_load(recipe, cache, force, callbacks, device, shipped, mode)
+
+
+def _rng_devices() -> list[int]:
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+
+
+def _train_or_load(recipe: Recipe, cache, force: bool, callbacks: Sequence, device, shipped: bool,
+                   mode: str) -> TrainedModel:
     train_config = recipe.train_config
     path = recipe.path(cache)
-    mode = shipped_mode()
     with _exclusive(path.with_name(path.name + ".lock")):
         partial = path.with_name(path.stem + ".partial.pt")
         torch.manual_seed(train_config.seed)  # the initial weights depend on the seed only

@@ -447,3 +447,69 @@ def test_linear_probe_raw_scale_does_not_matter():
     np.testing.assert_allclose(a.classifier.coef_, b.classifier.coef_, rtol=1e-4, atol=1e-6)
     half = ev.linear_probe(x[:60].half(), y[:60], x[60:].half(), y[60:])
     assert 0 < half.accuracy <= 1
+
+
+class _PositionNoise(torch.nn.Module):
+    """A text model whose output depends, in the last bits, on where in the batch a text sits (as a
+    multi-threaded matmul's blocking can make it); real in every other way (a bag of embeddings)."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(64, 8)
+
+    def encode_text(self, input_ids, attention_mask=None, normalize=False):
+        out = self.emb(input_ids).sum(1)  # (B, D)
+        return out * (1 + 1e-6 * torch.arange(len(out)).unsqueeze(1))
+
+
+class _UnknownWords:
+    """Maps every word outside a small vocabulary to one [UNK] id, as the course tokenizer does."""
+
+    vocab = {"a": 1, "photo": 2, "of": 3, "six": 4}
+
+    def __call__(self, texts):
+        ids = torch.tensor([[self.vocab.get(w, 9) for w in t.split()] for t in texts])
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_texts_with_the_same_tokens_get_bit_identical_embeddings(as_tensor):
+    """Prompts whose class words are all [UNK] tie exactly, wherever they sit in the batch: a zero-shot
+    argmax between them never depends on the thread count (lesson 11's French digit names)."""
+    torch.manual_seed(0)
+    model, tok = _PositionNoise(), _UnknownWords()
+    if as_tensor:
+        tok = lambda texts, _t=_UnknownWords(): _t(texts)["input_ids"]  # noqa: E731
+    names = ["zéro", "un", "deux", "six", "sept"]
+    emb = ev.encode_texts(model, tok, [f"a photo of {n}" for n in names])  # (5, 8)
+    for i in (1, 2, 4):
+        assert torch.equal(emb[i], emb[0])  # all three [UNK]: one embedding
+    assert not torch.equal(emb[3], emb[0])  # "six" is a known word
+    noisy = l2_normalize(model.encode_text(tok([f"a photo of {n}" for n in names])["input_ids"]
+                                           if not as_tensor else tok([f"a photo of {n}" for n in names])))
+    assert not torch.equal(noisy[1], noisy[0])  # without the rule they would differ
+    torch.testing.assert_close(emb, noisy, rtol=1e-5, atol=1e-6)  # and otherwise the same embeddings
+    classifier = ev.build_zero_shot_classifier(model, tok, names, ["a photo of {}"])
+    pred = ev.zero_shot_logits(emb[[0, 3]], classifier).argmax(1)
+    assert pred.tolist() == [0, 3]  # a tie goes to the first class, always
+
+
+def test_classes_with_the_same_weights_get_bit_identical_logits(monkeypatch):
+    """However the matmul sums (here a stand-in that perturbs each column's last bits by its position),
+    equal class columns score equally, so the first of them wins every tie."""
+    g = torch.Generator().manual_seed(0)
+    image = l2_normalize(torch.randn(6, 8, generator=g))
+    distinct = l2_normalize(torch.randn(8, 3, generator=g), dim=0)
+    classifier = distinct[:, [0, 1, 1, 2, 1]]  # classes 1, 2 and 4 share one vector
+    real_matmul = torch.Tensor.__matmul__
+
+    def position_dependent(a, b):
+        out = real_matmul(a, b)
+        return out * (1 + 1e-6 * torch.arange(out.shape[1]))
+
+    monkeypatch.setattr(torch.Tensor, "__matmul__", position_dependent)
+    logits = ev.zero_shot_logits(image, classifier)
+    monkeypatch.undo()
+    assert torch.equal(logits[:, 1], logits[:, 2]) and torch.equal(logits[:, 1], logits[:, 4])
+    torch.testing.assert_close(logits, 100 * image @ classifier, rtol=1e-5, atol=1e-5)
+    assert set(logits.argmax(1).tolist()) <= {0, 1, 3}  # a tied class is always the first of its group

@@ -106,7 +106,11 @@ def encode_texts(model: torch.nn.Module, tokenizer: Callable, texts: Sequence[st
         batch_size: texts per forward pass.
 
     Returns:
-        (T, D) unit-norm embeddings, on the CPU.
+        (T, D) unit-norm embeddings, on the CPU. Texts the tokenizer turns into the same tokens (two
+        prompts whose only differing words are both `[UNK]`) get bit-identical embeddings: they are
+        embedded once. Embedded at two places of a batch, they could differ in the last bits with more
+        than one thread, and a zero-shot argmax between such exactly-tied classes would then depend
+        on the thread count.
     """
     if isinstance(texts, str) or len(texts) == 0:
         raise ValueError("texts must be a non-empty list of strings")
@@ -114,7 +118,14 @@ def encode_texts(model: torch.nn.Module, tokenizer: Callable, texts: Sequence[st
     out = []
     for start in range(0, len(texts), batch_size):
         tokens = _tokenize(tokenizer, list(texts[start:start + batch_size]), device)
-        emb = model.encode_text(**tokens).float()  # (B, D)
+        rows = torch.cat([v for v in tokens.values()], dim=1) if tokens["input_ids"].ndim == 2 else None
+        if rows is not None and len(unique := torch.unique(rows, dim=0)) < len(rows):
+            _, inverse = torch.unique(rows, dim=0, return_inverse=True)  # (B,) row -> its unique row
+            first = torch.zeros(len(unique), dtype=torch.long, device=rows.device)
+            first.scatter_reduce_(0, inverse, torch.arange(len(rows), device=rows.device), "amin", include_self=False)
+            emb = model.encode_text(**{k: v[first] for k, v in tokens.items()}).float()[inverse]  # (B, D)
+        else:
+            emb = model.encode_text(**tokens).float()  # (B, D)
         out.append(l2_normalize(emb).cpu())
     emb = torch.cat(out)
     _check_embeddings("text embeddings", emb)
@@ -186,7 +197,8 @@ def zero_shot_logits(image_emb: torch.Tensor, classifier: torch.Tensor,
             depend on it, softmax probabilities do.
 
     Returns:
-        (N, C) float32 logits.
+        (N, C) float32 logits; classes with identical weights get identical logits (a tie never depends
+        on the thread count).
 
     Raises:
         ValueError: shapes that do not match (a (C, D) classifier needs .T), NaN or inf.
@@ -200,6 +212,12 @@ def zero_shot_logits(image_emb: torch.Tensor, classifier: torch.Tensor,
         raise ValueError("classifier contains NaN or inf")
     image = _unit(image_emb, "image_emb", dtype=torch.float32)  # (N, D)
     classes = _unit(classifier.to(image_emb.device), "classifier", dim=0, dtype=torch.float32)  # (D, C)
+    unique, inverse = torch.unique(classes, dim=1, return_inverse=True)  # (D, U), (C,)
+    if unique.shape[1] < classes.shape[1]:
+        # Classes with the same weights (prompts that all tokenize to [UNK]) get bit-identical logits: a
+        # multi-threaded matmul may sum two equal columns in different orders, and a tie would then go to
+        # either class depending on the thread count.
+        return (logit_scale * image @ unique)[:, inverse]
     return logit_scale * image @ classes
 
 

@@ -1,6 +1,6 @@
 """The course's OWN trained models — not pre-trained weights from elsewhere: each is a `Recipe`
-(data + model builder + training config) trained once by `fit` and cached by `train_or_load`
-(`cache`), one module per lesson topic.
+(data + model builder + training config), shipped with the course in `weights/` and otherwise
+trained by `fit` and cached by `train_or_load` (`cache`), one module per lesson topic.
 
 Public names are importable from here (`from mmcourse.recipes import ...`), resolved lazily so importing
 one of them pays only for its own module.

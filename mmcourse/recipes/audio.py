@@ -1,4 +1,4 @@
-"""Train once, then cache: lesson 13's audio encoders (each a `Recipe`, trained by `train_or_load`).
+"""Load or train: lesson 13's audio encoders (each a `Recipe`, trained by `train_or_load`).
 
     encoder, history = load_audio_encoder("image")   # bound to the digits CLIP's FROZEN image tower
     encoder, history = load_audio_encoder("text")    # CLAP-style: trained on audio–caption pairs

@@ -1,9 +1,9 @@
-"""The course's own trained models: train once, then cache.
+"""The course's own trained models: load them (cached or shipped), or train and cache them.
 
 Every lesson model the course trains itself (never downloaded, never "pre-trained weights" from
 elsewhere) is a `Recipe`: the data (`make_loader`, `data_key`), the model builder and its
-`settings`, and the `TrainConfig`. `train_or_load(recipe)` trains it with `mmcourse.training.fit`
-the first time and loads it afterwards.
+`settings`, and the `TrainConfig`. `train_or_load(recipe)` loads it from the cache or the shipped
+weights, and trains it with `mmcourse.training.fit` (then caches it) only when neither has it.
 
 A trained model is saved under a name that hashes everything that determines it (model settings,
 training config, data settings, a format version), in `MMCOURSE_CACHE` or else
@@ -142,7 +142,7 @@ class TrainedModel(NamedTuple):
 def train_or_load(recipe: Recipe, *, cache: str | os.PathLike | None = None, force: bool = False,
                   callbacks: Sequence = (), device: str | torch.device | None = None,
                   shipped: bool = True) -> TrainedModel:
-    """Train once, then cache: the one mechanism behind every trained model of every lesson.
+    """Load or train: the one mechanism behind every trained model of every lesson.
 
     Loads `recipe`'s model from the cache if one with exactly this recipe's key was trained
     before, else from the course's shipped weights if they hold it (see the module docstring);

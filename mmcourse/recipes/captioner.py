@@ -1,5 +1,5 @@
-"""Lesson 09's trained captioners: a prefix captioner on the lessons' CLIP, trained once with
-`fit(loss_fn=caption_loss)`, then cached (`load_captioner`)."""
+"""Lesson 09's trained captioners: a prefix captioner on the lessons' CLIP, trained with
+`fit(loss_fn=caption_loss)`: shipped with the course, or trained and cached (`load_captioner`)."""
 from __future__ import annotations
 
 import hashlib

@@ -1,11 +1,11 @@
-"""Train once, then cache: the CLIP models lessons 04-06 share, so notebooks stay fast.
+"""Load or train: the CLIP models lessons 04-06 (and later ones) share, so notebooks stay fast.
 
-    model, tokenizer, history = load_digits_clip()      # trains ~10 s the first time, then loads
+    model, tokenizer, history = load_digits_clip()      # the shipped model (or the cached one), loaded in a second
     model, tokenizer, history = load_shapes_clip(holdout=("red circle",))
 
-Lesson 04 trains the digits model through `load_digits_clip(callbacks=[LivePlot()])`, so a learner
-going through lessons 04 -> 05 -> 06 in order trains each model once: lesson 04 the digits model
-(and its shared-head variant), lesson 05 the Shapes model, lesson 06 the two-object Shapes model.
+Lesson 04 trains the digits model itself through `load_digits_clip(callbacks=[LivePlot()], shipped=False)`
+and caches it; its shared-head variant, lesson 05's Shapes model and lesson 06's two-object Shapes model
+ship with the course (`mmcourse.recipes.cache`) and are loaded.
 
 A trained model is saved under a name that hashes everything that determines it (model config,
 training config, data settings, a format version), in `MMCOURSE_CACHE` or else

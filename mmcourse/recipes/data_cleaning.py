@@ -1,4 +1,4 @@
-"""Train once, then cache: lesson 12's small CLIPs, each trained on one set of (noisy, filtered)
+"""Load or train: lesson 12's small CLIPs, each trained on one set of (noisy, filtered)
 pairs with the same compute.
 
     model, tokenizer, history = train_on_pairs(pairs)                 # 100 steps of 128 pairs, ~1.5 s CPU

@@ -1,6 +1,6 @@
-"""Train once, then cache: the fusion models of lesson 08 (VQA, sentiment, image–text matching).
+"""Load or train: the fusion models of lesson 08 (VQA, sentiment, image–text matching).
 
-    model, history = load_vqa_model("film")                 # trains a few seconds the first time
+    model, history = load_vqa_model("film")                 # shipped with the course: loaded in a second
     model, history = load_vqa_model("cross_attention", from_clip=False, freeze_towers=False)  # from scratch
     model, history = load_sentiment_model("concat")
     model, history = load_itm_model(hard=True)

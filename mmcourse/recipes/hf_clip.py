@@ -1,5 +1,5 @@
-"""Lesson 11's trained `transformers.CLIPModel` on captioned digits, trained once with `fit`
-through `HFCLIPAdapter`, then cached (`load_digits_hf_clip`)."""
+"""Lesson 11's trained `transformers.CLIPModel` on captioned digits, trained with `fit`
+through `HFCLIPAdapter`: shipped with the course, or trained and cached (`load_digits_hf_clip`)."""
 from __future__ import annotations
 
 import os

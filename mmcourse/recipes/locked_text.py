@@ -1,5 +1,5 @@
 """Lesson 11's CLIPs with the pre-trained MiniLM text tower locked (`LockedTextCLIP`): the image
-tower, projections and `logit_scale` trained once on digits or Shapes, then cached."""
+tower, projections and `logit_scale` trained on digits or Shapes: shipped with the course, or trained and cached."""
 from __future__ import annotations
 
 import os

@@ -1,4 +1,4 @@
-"""Train once, then cache: the masked language models of lesson 07 and its MLM-then-CLIP test.
+"""Load or train: the masked language models of lesson 07 and its MLM-then-CLIP test.
 
     model, tokenizer, history = load_text_mlm()    # captions only
     model, tokenizer, history = load_image_mlm()   # captions + their Shapes images (cross-attention)

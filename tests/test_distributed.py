@@ -120,6 +120,7 @@ def _worker(rank, port):
         labels = local_loss_labels(N_LOCAL, rank)
         (F.cross_entropy(logits, labels) / 2).backward()
         assert not torch.allclose(y.grad, WORLD * ft.grad[rows] / 2)
+        dist.barrier()  # no rank tears gloo down while another still talks to it (it can abort the process)
     finally:
         dist.destroy_process_group()
 
@@ -253,6 +254,7 @@ def _unequal_worker(rank, sizes, port):
         dist.all_gather(everyone, draws)
         assert len({tuple(d.tolist()) for d in everyone}) == world
         assert torch.equal(everyone[0], torch.rand(4, generator=torch.Generator().manual_seed(0)))
+        dist.barrier()  # as above
     finally:
         dist.destroy_process_group()
 

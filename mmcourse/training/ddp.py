@@ -133,6 +133,9 @@ def main(argv: list[str] | None = None) -> dict:
             if args.out is not None:
                 args.out.parent.mkdir(parents=True, exist_ok=True)
                 args.out.write_text(json.dumps({**summary, "history": history.to_dict()}))
+        # Every rank reaches this point before any tears the process group down: a rank that destroyed gloo
+        # while another was still sending to it could abort ("terminate called without an active exception").
+        dist.barrier()
         return history.to_dict()
     finally:
         dist.destroy_process_group()

@@ -38,6 +38,25 @@ def pytest_runtest_setup(item):
 _SHIPPED_SETTING = os.environ.get("MMCOURSE_SHIPPED_WEIGHTS")  # the caller's own, restored for other tests
 
 
+def _one_kernel_start_at_a_time():
+    """nbval starts a kernel per notebook, in each test worker: hold the course's kernel-start lock while it
+    starts (two kernels starting at once can pick the same TCP port, and one dies before replying)."""
+    import nbval.kernel
+
+    from mmcourse.classroom.notebooks import kernel_start_lock
+
+    start = nbval.kernel.start_new_kernel
+
+    def start_new_kernel(*args, **kwargs):
+        with kernel_start_lock():
+            return start(*args, **kwargs)
+
+    nbval.kernel.start_new_kernel = start_new_kernel
+
+
+_one_kernel_start_at_a_time()
+
+
 def pytest_collection_modifyitems(config, items):
     """nbval's cells count as notebook tests: `-m "not notebook"` leaves them out."""
     for item in items:

@@ -112,3 +112,20 @@ def test_build_command_exits_2_with_one_line_for_a_file_that_is_not_a_notebook(t
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "01_broken.ipynb: not a valid notebook" in err and err.count("\n") == 1
     assert main(["build", str(tmp_path / "nowhere"), str(tmp_path / "out")]) == 2
+
+
+def test_kernel_starts_are_serialised_across_processes(tmp_path):
+    """While one process holds the kernel-start lock, another cannot take it (it would wait): two kernels
+    never pick their ports at the same moment."""
+    import subprocess
+    import sys
+
+    from mmcourse.classroom.notebooks import kernel_start_lock
+
+    lock = tmp_path / "kernel-start.lock"
+    probe = ("import fcntl, sys\nh = open(sys.argv[1], 'a')\ntry:\n    fcntl.flock(h, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+             "    print('free')\nexcept BlockingIOError:\n    print('held')\n")
+    with kernel_start_lock(lock):
+        inside = subprocess.run([sys.executable, "-c", probe, str(lock)], capture_output=True, text=True).stdout.strip()
+    after = subprocess.run([sys.executable, "-c", probe, str(lock)], capture_output=True, text=True).stdout.strip()
+    assert (inside, after) == ("held", "free")

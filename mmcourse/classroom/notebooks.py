@@ -15,11 +15,13 @@ one line naming the file and the reason, which the command lines print before ex
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,6 +132,32 @@ def normalise(nb: nbformat.NotebookNode, name: str = "<notebook>") -> nbformat.N
     return nb
 
 
+KERNEL_START_LOCK = Path(tempfile.gettempdir()) / "mmcourse-kernel-start.lock"
+
+
+@contextlib.contextmanager
+def kernel_start_lock(path: str | os.PathLike = KERNEL_START_LOCK):
+    """Hold while a kernel starts, until it answers: one kernel start at a time across processes.
+
+    jupyter_client picks a kernel's five TCP ports by binding free ones and releasing them; a kernel
+    started at the same moment by another process (a second test worker, a grader with `--jobs 2`) can
+    take one of them first, and then the new kernel dies before it replies ("Kernel died before replying
+    to kernel_info"; jupyter_client issue 487). A start takes a few seconds, so serialising them costs
+    little. A no-op where `fcntl` does not exist (Windows).
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def execute_notebook(
     nb: str | os.PathLike | nbformat.NotebookNode,
     *,
@@ -176,7 +204,9 @@ def execute_notebook(
     start = time.perf_counter()
     # The kernel's own stderr only says that it listens on localhost TCP; errors reach us
     # through the cells' outputs.
-    with client.setup_kernel(env=kernel_env, cwd=cwd, stderr=subprocess.DEVNULL):
+    with contextlib.ExitStack() as kernel:
+        with kernel_start_lock():
+            kernel.enter_context(client.setup_kernel(env=kernel_env, cwd=cwd, stderr=subprocess.DEVNULL))
         for index, cell in enumerate(nb.cells):
             t0 = time.perf_counter()
             try:

@@ -6,6 +6,7 @@ the messages, and the graded values come back as plain data (`mmcourse.classroom
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -19,6 +20,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
 from mmcourse.classroom.checks.core import CHECK_MIMETYPE
+from mmcourse.classroom.notebooks import kernel_start_lock
 from mmcourse.classroom.grade.prepare import DEFAULT_MEMORY_MB, CellRun, GradeCell, _cell_key, _section
 from mmcourse.classroom.grade.sandbox import kernel_manager_class
 
@@ -117,7 +119,9 @@ def execute(nb: nbformat.NotebookNode, cwd: Path, cell_timeout: float, total_tim
     stop_reason = ""
     where = _Locator(nb, inserted)
     # The kernel's own stderr holds only its start-up chatter; the student's output comes via Jupyter.
-    with client.setup_kernel(env=kernel_env, cwd=str(cwd), stderr=subprocess.DEVNULL):
+    with contextlib.ExitStack() as kernel:
+        with kernel_start_lock():  # one kernel start at a time: their ports can collide
+            kernel.enter_context(client.setup_kernel(env=kernel_env, cwd=str(cwd), stderr=subprocess.DEVNULL))
         start = time.monotonic()  # the student's time starts when the kernel is up
         for index, cell in enumerate(nb.cells):
             if cell.cell_type != "code":

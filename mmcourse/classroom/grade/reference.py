@@ -38,6 +38,7 @@ import nbformat
 from mmcourse.classroom.exercises import normalise_solution
 from mmcourse.classroom.grade.execute import IOPUB_TIMEOUT, _GradingClient, _short, _silent
 from mmcourse.classroom.grade.prepare import GradeCell, _cell_key
+from mmcourse.classroom.notebooks import kernel_start_lock
 
 # The library's own answers, by graded name (what the exercise's answer cell defines): a call of
 # one of them while the student's kernel computes that name's values makes the call fail, and
@@ -120,8 +121,9 @@ class Judge:
                                 resources={"metadata": {"path": str(self.solution_path.parent)}}, startup_timeout=60,
                                 iopub_timeout=IOPUB_TIMEOUT, record_timing=False, shutdown_kernel="immediate",
                                 skip_cells_with_tag="mmcourse-grader-never-skips")
-        self._stack.enter_context(client.setup_kernel(env={**os.environ, **self.env},
-                                                      cwd=str(self.solution_path.parent), stderr=subprocess.DEVNULL))
+        with kernel_start_lock():  # one kernel start at a time: their ports can collide
+            self._stack.enter_context(client.setup_kernel(env={**os.environ, **self.env},
+                                                          cwd=str(self.solution_path.parent), stderr=subprocess.DEVNULL))
         self._client = client
         if _silent(client, "import mmcourse.classroom.grade.judge_kernel as _mmcourse_judge", 60) != "ok":
             raise SolutionFailed("the judge kernel could not import mmcourse.classroom.grade.judge_kernel")

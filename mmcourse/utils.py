@@ -109,7 +109,8 @@ def torch_threads(num_threads: int = REFERENCE_THREADS):
     The course trains its cached models inside `torch_threads(1)` (`mmcourse.pretrained.train_or_load_model`):
     with a different thread count a convolution's gradient is summed in another order, and after a few
     hundred steps the weights — and the lessons' quoted figures — differ (e.g. 15% instead of 18%).
-    With one thread a cached model is the same on every machine.
+    With one thread (and the same CPU kernels: `mmcourse.classroom.course.reference_cpu_env`) a cached
+    model is the same on every machine.
 
     Raises:
         ValueError: `num_threads` is not an integer >= 1.

@@ -33,5 +33,8 @@ PY
     args+=(--ServerApp.port="$port" --ServerApp.port_retries=0)
     echo "lab: opening http://127.0.0.1:$port — stop it with Ctrl-C here (twice to skip the question)"
 fi
+# The reference CPU kernels (AVX2 on an x86-64 Linux CPU; nothing elsewhere), unless already set: a lesson that
+# trains a model then prints the figures its text quotes, also on a CPU with AVX-512.
+eval "$(.venv/bin/python -m mmcourse.classroom.course --cpu-exports)"
 # Widgets' JavaScript ships with ipywidgets; nothing is fetched from the network.
 exec .venv/bin/jupyter lab "${args[@]}" "$@"

@@ -1,11 +1,16 @@
 """Tests for mmcourse.classroom.course: stamping executed cells, finding stale ones, cleaning outputs to commit.
 (Executing a lesson in place is tested end to end in test_notebooks.py.)"""
 import hashlib
+import os
+import subprocess
+import sys
 
 import nbformat
+import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 from conftest import ROOT
+from mmcourse.classroom import course
 from mmcourse.classroom.course import (MAX_LESSON_BYTES, STAMP_KEY, WIDGET_VIEW, clean_outputs, lessons, source_hash,
                                        stale_cells, stamp)
 
@@ -141,3 +146,60 @@ def test_machine_gflops_times_a_real_product_on_one_thread_and_restores_the_thre
         times.append(time.perf_counter() - start)
     naive = 2 * 128**3 / statistics.median(times) / 1e9
     assert naive / 10 < rate < naive * 10
+
+
+# The reference CPU kernels: AVX2 on an x86-64 Linux CPU that has it, nothing elsewhere.
+_CPUINFO = "processor\t: 0\nmodel name\t: {model}\nflags\t\t: fpu sse2 {flags} fma\n\nprocessor\t: 1\n"
+
+
+@pytest.mark.parametrize("machine, model, flags, expected", [
+    ("x86_64", "AMD EPYC", "avx avx2 avx512f avx512bw", {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}),
+    ("AMD64", "Intel Xeon", "avx avx2", {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}),
+    ("x86_64", "an avx2 lookalike in the name", "avx sse4_2", {}),  # no avx2 flag: forcing AVX2 would crash
+    ("aarch64", "Neoverse", "avx2", {}),  # ARM: torch's other kernels; nothing to cap
+    ("arm64", "Apple M2", "", {}),
+])
+def test_reference_cpu_env_caps_x86_at_avx2_only_where_the_cpu_has_it(tmp_path, machine, model, flags, expected):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(_CPUINFO.format(model=model, flags=flags))
+    assert course.reference_cpu_env(cpuinfo, machine=machine) == expected
+
+
+def test_reference_cpu_env_sets_nothing_without_linux_cpuinfo(tmp_path):
+    assert course.reference_cpu_env(tmp_path / "missing", machine="x86_64") == {}
+
+
+def test_the_reference_env_carries_this_machines_cpu_caps():
+    assert {k: course.REFERENCE_ENV.get(k) for k in course.reference_cpu_env()} == course.reference_cpu_env()
+
+
+def test_the_suite_itself_computes_with_the_reference_kernels():
+    """conftest.py sets the caps before anything imports torch (torch reads them at its first operation):
+    this process, and the kernels nbval starts, train the weights the shipped ones were trained with."""
+    import torch
+
+    expected = course.REFERENCE_ENV.get("ATEN_CPU_CAPABILITY")
+    if expected is None:
+        pytest.skip("no reference cap on this machine (not x86-64 Linux with AVX2)")
+    assert torch.backends.cpu.get_cpu_capability() == expected.upper()
+    code = "import torch; print(torch.backends.cpu.get_cpu_capability())"
+    kernel_like = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                 env={**os.environ, **course.REFERENCE_ENV})
+    assert kernel_like.stdout.strip() == expected.upper()
+
+
+def test_cpu_exports_print_shell_lines_and_keep_a_value_already_set(monkeypatch, capsys):
+    monkeypatch.setattr(course, "reference_cpu_env", lambda: {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"})
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "default")
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    assert course.main(["--cpu-exports"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["export ATEN_CPU_CAPABILITY=default", "export ONEDNN_MAX_CPU_ISA=AVX2"]
+    monkeypatch.setattr(course, "reference_cpu_env", lambda: {})
+    assert course.main(["--cpu-exports"]) == 0
+    assert capsys.readouterr().out == ""
+
+
+def test_make_lab_exports_the_reference_cpu_caps():
+    script = (ROOT / "scripts" / "lab.sh").read_text()
+    assert 'eval "$(.venv/bin/python -m mmcourse.classroom.course --cpu-exports)"' in script
+    assert script.index("--cpu-exports") < script.index("exec .venv/bin/jupyter lab")

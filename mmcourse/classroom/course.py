@@ -20,6 +20,7 @@ import argparse
 import hashlib
 import os
 import re
+import shlex
 import shutil
 import sys
 import time
@@ -37,6 +38,41 @@ CELL_TIMEOUT = 600  # seconds; a lesson cell takes seconds to a minute
 # or the text stand-in of a widget that was never drawn ("HBox(children=(...))", "FloatProgress(value=0.0, ...)").
 PROGRESS_LINE = re.compile(r"^.*\d+%\|.*\|\s*\d+/\d+.*$|^\s*(HBox|VBox|FloatProgress|IntProgress)\(.*$")
 
+
+
+def reference_cpu_env(cpuinfo: str | os.PathLike = "/proc/cpuinfo", machine: str | None = None) -> dict[str, str]:
+    """The instruction set the reference figures were computed with: AVX2, on an x86-64 CPU that has it.
+
+    torch picks its CPU kernels by the best instruction set the CPU offers (ATen's vectorised loops
+    and oneDNN's convolutions: AVX2, or AVX-512 where present). The two round differently in the
+    last bits, so a model trained in a lesson ends with other weights on an AVX-512 CPU and prints
+    other figures (lesson 04: 99.2% instead of 98.6%). Capping both at AVX2 gives the committed
+    figures on every x86-64 Linux machine with AVX2 (all since 2013). Elsewhere (ARM, macOS, an old
+    CPU without AVX2, where forcing AVX2 would crash) nothing is set: figures there may differ in
+    the last digit. torch reads both variables once, at its first operation: they must be in the
+    environment of the process (a kernel) before it starts.
+
+    Args:
+        cpuinfo: Linux's CPU description (`/proc/cpuinfo`); a missing file means "not Linux".
+        machine: `platform.machine()` (default: this machine's), e.g. "x86_64" or "arm64".
+
+    Returns:
+        `{"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}` (torch's and oneDNN's own
+        switches), or `{}`.
+    """
+    import platform
+
+    if (machine or platform.machine()).lower() not in {"x86_64", "amd64"}:
+        return {}
+    try:
+        flags = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return {}
+    if not re.search(r"^flags\s*:.*\bavx2\b", flags, re.M):
+        return {}
+    return {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
 # The reference setup: what the test suite sets (tests/conftest.py, conftest.py), so the outputs
 # committed here are the outputs nbval compares.
 REFERENCE_ENV = {
@@ -50,6 +86,7 @@ REFERENCE_ENV = {
     # No progress bars: a bar is a widget in a notebook, so a marked cell that trains on a cold cache (as in the
     # tests) would show output that the committed run, which found the model cached or stripped the bar, does not.
     "TQDM_DISABLE": "1",
+    **reference_cpu_env(),
 }
 
 
@@ -235,7 +272,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--html", type=Path, default=None, help="also write HTML renderings to this folder")
     parser.add_argument("--timeout", type=float, default=CELL_TIMEOUT,
                         help=f"seconds of wall-clock time allowed per cell (default {CELL_TIMEOUT}; raise it on a busy machine)")
+    parser.add_argument("--cpu-exports", action="store_true",
+                        help="only print shell `export` lines for the reference CPU kernels (`make lab` evaluates them; "
+                             "a variable already set keeps its value)")
     args = parser.parse_args(argv)
+    if args.cpu_exports:
+        for name, value in reference_cpu_env().items():
+            print(f"export {name}={shlex.quote(os.environ.get(name, value))}")
+        return 0
     paths = args.paths or lessons()
     if args.check:
         return 1 if check(paths) else 0

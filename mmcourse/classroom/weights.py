@@ -67,7 +67,8 @@ def write_manifest(folder: Path = SHIPPED_WEIGHTS) -> dict:
     """Write `folder/MANIFEST.json` for the models in it; returns what it wrote."""
     import torch
 
-    manifest = {"trained_with": {"torch": torch.__version__.split("+")[0], "threads": int(REFERENCE_ENV["MMCOURSE_NUM_THREADS"])},
+    manifest = {"trained_with": {"torch": torch.__version__.split("+")[0], "threads": int(REFERENCE_ENV["MMCOURSE_NUM_THREADS"]),
+                                 "cpu": REFERENCE_ENV.get("ATEN_CPU_CAPABILITY", "native")},
                 "files": {p.name: {"bytes": p.stat().st_size, "sha256": sha256(p)} for p in shipped_files(folder)}}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     return manifest

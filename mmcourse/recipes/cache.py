@@ -13,7 +13,7 @@ checkpoint and resumes from it on the next call. Two processes asking for the sa
 second waits for the first (an inter-process lock), then loads its result.
 
 Shipped weights: the course ships, in `mmcourse/recipes/weights/`, the models its lessons and
-assignments load, as these recipes trained them on the reference setup (one torch thread), under
+assignments load, as these recipes trained them on the reference setup (one torch thread, AVX2 kernels), under
 the same file names. A recipe not in the cache is loaded from there instead of trained, so a lesson's
 first run does not wait for training; a changed recipe has a new key, finds no shipped file and is
 trained. `MMCOURSE_SHIPPED_WEIGHTS=0` ignores them (everything trains from scratch, as `make weights`
@@ -150,7 +150,8 @@ def train_or_load(recipe: Recipe, *, cache: str | os.PathLike | None = None, for
     earlier attempt from its checkpoint) and caches its `state_dict()`. Training runs with one
     torch thread (`mmcourse.utils.torch_threads`): the thread count changes the order of
     floating-point sums (a convolution's weight gradient), so with it the trained weights and every
-    figure computed from them; with one thread the same model is trained on every machine. Two notebooks (or test
+    figure computed from them; with one thread and the same CPU kernels (AVX2 on x86-64, which the reference
+    setup pins: `mmcourse.classroom.course.reference_cpu_env`) the same model is trained on every machine. Two notebooks (or test
     workers) asking for the same model at once: the second waits for the first, then loads its
     result.
 

@@ -87,9 +87,12 @@ def nb_page(browser, lab, request):
 
 
 def _may_show_widgets(path: str) -> bool:
-    """Whether a notebook's code looks like it displays ipywidgets (then the test runs it)."""
+    """Whether a notebook's code looks like it displays ipywidgets (then the test runs it): an import of
+    ipywidgets, a widget built, `interact(...)`, an explorer or slider called. Words in a string
+    ("an interaction between modalities") do not count: running a lesson in the browser costs its run."""
     nb = nbformat.read(REPO / path, as_version=4)
-    pattern = re.compile(r"import ipywidgets|from ipywidgets|widgets\.|interact|explorer|slider", re.I)
+    pattern = re.compile(r"^\s*(import|from) ipywidgets|\bwidgets\.\w+\(|\binteract(ive)?\s*\(|@interact\b|"
+                         r"\w*explorer\s*\(|\w*slider\s*\(", re.I | re.M)
     return any(c.cell_type == "code" and pattern.search(c.source) for c in nb.cells)
 
 
@@ -175,3 +178,18 @@ def test_lesson_opens_without_errors(nb_page: NotebookPage, path: str):
         _assert_widgets_rendered(nb_page, path)
         _assert_clean(nb_page, f"{path} after Run All Cells")
     nb_page.screenshot(SHOTS / f"open_{stem}.png")
+
+
+def test_only_notebooks_that_build_widgets_are_run_in_the_browser(tmp_path, monkeypatch):
+    import test_browser
+
+    monkeypatch.setattr(test_browser, "REPO", tmp_path)
+    cases = {"words.ipynb": 'print("an interaction between modalities; the slider of lesson 02")',
+             "version.ipynb": 'importlib.import_module("ipywidgets").__version__',
+             "import.ipynb": "import ipywidgets as widgets\nwidgets.IntSlider()",
+             "interact.ipynb": "interact(f, x=1.0)",
+             "explorer.ipynb": "temperature_explorer(sim)"}
+    for name, source in cases.items():
+        nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source)]), str(tmp_path / name))
+    assert {name: _may_show_widgets(name) for name in cases} == {
+        "words.ipynb": False, "version.ipynb": False, "import.ipynb": True, "interact.ipynb": True, "explorer.ipynb": True}

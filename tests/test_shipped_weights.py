@@ -119,14 +119,16 @@ def test_the_callers_random_state_is_untouched_whether_the_model_is_trained_or_l
 def test_the_manifest_matches_the_shipped_files():
     assert weights.manifest_problems() == []
     manifest = json.loads((cache.SHIPPED_WEIGHTS / weights.MANIFEST).read_text())
-    assert manifest["trained_with"] == {"torch": torch.__version__.split("+")[0], "threads": 1}
+    # built on the reference setup: one thread, torch's CPU kernels capped at AVX2 (course.reference_cpu_env)
+    assert manifest["trained_with"] == {"torch": torch.__version__.split("+")[0], "threads": 1, "cpu": "avx2"}
     assert len(manifest["files"]) >= 20
 
 
 def test_a_changed_or_unlisted_file_is_named(tmp_path):
     for p in weights.shipped_files()[:2]:
         shutil.copy(p, tmp_path / p.name)
-    weights.write_manifest(tmp_path)
+    written = weights.write_manifest(tmp_path)
+    assert written["trained_with"]["cpu"] == weights.REFERENCE_ENV.get("ATEN_CPU_CAPABILITY", "native")
     assert weights.manifest_problems(tmp_path) == []
     first, second = weights.shipped_files(tmp_path)
     first.write_bytes(first.read_bytes()[:-1] + b"x")

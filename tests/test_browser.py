@@ -12,6 +12,7 @@ Run it alone with `pytest -m browser`.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from pathlib import Path
@@ -67,22 +68,47 @@ def browser(lab):
         chromium.close()
 
 
+@contextlib.contextmanager
+def _screenshot_on_failure(page: NotebookPage, lab, request):
+    safe_name = re.sub(r"[^\w.-]+", "_", request.node.name)
+    failed_shot = SHOTS / f"FAILED_{safe_name}.png"
+    failed_shot.unlink(missing_ok=True)  # from an earlier run
+    failed_before = request.session.testsfailed
+    yield
+    if request.session.testsfailed > failed_before:
+        print(f"JupyterLab log (tail):\n{lab.log()[-3000:]}")
+        page.screenshot(failed_shot)
+
+
 @pytest.fixture
 def nb_page(browser, lab, request):
     """A fresh page (own browser context); kernels shut down afterwards; screenshot on failure."""
     context = browser.new_context(viewport={"width": 1280, "height": 1000})
     page = NotebookPage(context.new_page(), lab)
-    safe_name = re.sub(r"[^\w.-]+", "_", request.node.name)
-    failed_shot = SHOTS / f"FAILED_{safe_name}.png"
-    failed_shot.unlink(missing_ok=True)  # from an earlier run
-    failed_before = request.session.testsfailed
-    yield page
     try:
-        if request.session.testsfailed > failed_before:
-            print(f"JupyterLab log (tail):\n{lab.log()[-3000:]}")
-            page.screenshot(failed_shot)
+        with _screenshot_on_failure(page, lab, request):
+            yield page
     finally:
         context.close()
+        lab.shutdown_kernels()
+
+
+@pytest.fixture(scope="module")
+def _lesson_page(browser, lab):
+    """One page for opening every lesson in turn (JupyterLab loads once)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    yield NotebookPage(context.new_page(), lab)
+    context.close()
+
+
+@pytest.fixture
+def lesson_page(_lesson_page, lab, request):
+    """The shared page, with what the previous test opened closed and its kernels shut down."""
+    try:
+        with _screenshot_on_failure(_lesson_page, lab, request):
+            yield _lesson_page
+    finally:
+        _lesson_page.close_all()
         lab.shutdown_kernels()
 
 
@@ -163,7 +189,8 @@ def test_temperature_slider_redraws_the_plot(nb_page: NotebookPage):
 
 
 @pytest.mark.parametrize("path", LESSONS)
-def test_lesson_opens_without_errors(nb_page: NotebookPage, path: str):
+def test_lesson_opens_without_errors(lesson_page: NotebookPage, path: str):
+    nb_page = lesson_page
     nb_page.open(path)
     stem = Path(path).stem
     expected_cells = len(nbformat.read(REPO / path, as_version=4).cells)

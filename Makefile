@@ -71,25 +71,22 @@ define install_cpu_torch
 	    || echo "make: $(TORCH_CPU_INDEX) cannot be reached; installing the default torch wheels from PyPI")
 endef
 
-# pip byte-compiles what it installs on one core (torch's files alone take over a minute); `--no-compile` above and
-# this on every core instead save about 40 s of a first setup on 2 cores. Files some packages ship that are not
-# meant to compile (test data) fail here as pip skips them silently: the status is ignored for the same reason.
-define compile_venv
-	$(BIN)/python -m compileall -q -j 0 "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" >/dev/null 2>&1 || true
-endef
+# Byte code: pip would compile every file it installs, on one core (torch's alone take over a minute, and most are
+# never imported); `--no-compile` above leaves it to Python, which compiles a module the first time it is imported
+# and keeps the result. Where the environment says not to keep it (PYTHONDONTWRITEBYTECODE, set on some CI
+# machines), every kernel would compile torch again (about 10 s of CPU each): the course's commands keep it.
+unexport PYTHONDONTWRITEBYTECODE
 
 # A stamp is written only after the doctor passes.
 $(VENV)/.runtime: pyproject.toml | $(BIN)/python
 	$(install_cpu_torch)
 	$(PIP) -e ".[pretrained]"
-	$(compile_venv)
 	$(DOCTOR) --repair
 	touch $@
 
 $(VENV)/.dev: pyproject.toml | $(BIN)/python
 	$(install_cpu_torch)
 	$(PIP) -e ".[dev,pretrained]"
-	$(compile_venv)
 	$(DOCTOR) --repair
 	touch $@ $(VENV)/.runtime
 

@@ -153,8 +153,8 @@ _CPUINFO = "processor\t: 0\nmodel name\t: {model}\nflags\t\t: fpu sse2 {flags} f
 
 
 @pytest.mark.parametrize("machine, model, flags, expected", [
-    ("x86_64", "AMD EPYC", "avx avx2 avx512f avx512bw", {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}),
-    ("AMD64", "Intel Xeon", "avx avx2", {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}),
+    ("x86_64", "AMD EPYC", "avx avx2 avx512f avx512bw", {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}),
+    ("AMD64", "Intel Xeon", "avx avx2", {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}),
     ("x86_64", "an avx2 lookalike in the name", "avx sse4_2", {}),  # no avx2 flag: forcing AVX2 would crash
     ("aarch64", "Neoverse", "avx2", {}),  # ARM: torch's other kernels; nothing to cap
     ("arm64", "Apple M2", "", {}),

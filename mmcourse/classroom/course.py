@@ -43,22 +43,22 @@ PROGRESS_LINE = re.compile(r"^.*\d+%\|.*\|\s*\d+/\d+.*$|^\s*(HBox|VBox|FloatProg
 def reference_cpu_env(cpuinfo: str | os.PathLike = "/proc/cpuinfo", machine: str | None = None) -> dict[str, str]:
     """The instruction set the reference figures were computed with: AVX2, on an x86-64 CPU that has it.
 
-    torch picks its CPU kernels by the best instruction set the CPU offers (ATen's vectorised loops,
-    oneDNN's convolutions and MKL's matrix products: AVX2, or AVX-512 where present). The two round
-    differently in the last bits, so a model trained in a lesson ends with other weights on an
-    AVX-512 CPU and prints other figures (lesson 04: 99.2% instead of 98.6%). Capping all three at
-    AVX2 gives the committed figures on every x86-64 Linux machine with AVX2 (all since 2013).
-    Elsewhere (ARM, macOS, an old CPU without AVX2, where forcing AVX2 would crash) nothing is set:
-    figures there may differ in the last digit. torch reads these variables once, at its first
-    operation: they must be in the environment of the process (a kernel) before it starts.
+    torch picks its CPU kernels by the best instruction set the CPU offers (ATen's vectorised loops
+    and oneDNN's convolutions: AVX2, or AVX-512 where present). The two round differently in the
+    last bits, so a model trained in a lesson ends with other weights on an AVX-512 CPU and prints
+    other figures (lesson 04: 99.2% instead of 98.6%). Capping both at AVX2 gives the committed
+    figures on every x86-64 Linux machine with AVX2 (all since 2013). Elsewhere (ARM, macOS, an old
+    CPU without AVX2, where forcing AVX2 would crash) nothing is set: figures there may differ in
+    the last digit. torch reads both variables once, at its first operation: they must be in the
+    environment of the process (a kernel) before it starts.
 
     Args:
         cpuinfo: Linux's CPU description (`/proc/cpuinfo`); a missing file means "not Linux".
         machine: `platform.machine()` (default: this machine's), e.g. "x86_64" or "arm64".
 
     Returns:
-        `{"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}` (torch's,
-        oneDNN's and MKL's own switches), or `{}`.
+        `{"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}` (torch's and oneDNN's own
+        switches), or `{}`.
     """
     import platform
 
@@ -70,7 +70,7 @@ def reference_cpu_env(cpuinfo: str | os.PathLike = "/proc/cpuinfo", machine: str
         return {}
     if not re.search(r"^flags\s*:.*\bavx2\b", flags, re.M):
         return {}
-    return {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
+    return {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
 # The reference setup: what the test suite sets (tests/conftest.py, conftest.py), so the outputs

@@ -80,11 +80,16 @@ def _screenshot_on_failure(page: NotebookPage, lab, request):
         page.screenshot(failed_shot)
 
 
+def _new_page(browser, lab):
+    """A page in a browser context of its own: (context, NotebookPage)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    return context, NotebookPage(context.new_page(), lab)
+
+
 @pytest.fixture
 def nb_page(browser, lab, request):
     """A fresh page (own browser context); kernels shut down afterwards; screenshot on failure."""
-    context = browser.new_context(viewport={"width": 1280, "height": 1000})
-    page = NotebookPage(context.new_page(), lab)
+    context, page = _new_page(browser, lab)
     try:
         with _screenshot_on_failure(page, lab, request):
             yield page
@@ -96,8 +101,8 @@ def nb_page(browser, lab, request):
 @pytest.fixture(scope="module")
 def _lesson_page(browser, lab):
     """One page for opening every lesson in turn (JupyterLab loads once)."""
-    context = browser.new_context(viewport={"width": 1280, "height": 1000})
-    yield NotebookPage(context.new_page(), lab)
+    context, page = _new_page(browser, lab)
+    yield page
     context.close()
 
 

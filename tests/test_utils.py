@@ -131,3 +131,27 @@ def test_torch_threads_sets_and_restores(monkeypatch):
                 pass
     finally:
         torch.set_num_threads(before)
+
+
+def test_file_lock_makes_a_second_process_wait_and_creates_its_folder(tmp_path):
+    """The lock behind the model cache and the kernel-start lock: a child asking while we hold it waits."""
+    import subprocess
+    import sys
+    import time
+
+    from mmcourse._filelock import file_lock
+
+    lock = tmp_path / "deep" / "folder" / "x.lock"
+    child = ("import sys, time; from mmcourse._filelock import file_lock\n"
+             "t = time.monotonic()\nwith file_lock(sys.argv[1]):\n    print(time.monotonic() - t)")
+    with file_lock(lock):
+        assert lock.exists()
+        proc = subprocess.Popen([sys.executable, "-c", child, str(lock)], stdout=subprocess.PIPE, text=True)
+        time.sleep(2.0)
+        assert proc.poll() is None  # still waiting for us
+    waited = float(proc.communicate(timeout=60)[0])
+    assert waited > 0.5  # it got the lock only once we let go (its start-up took part of the 2 s)
+    lock.write_text("kept")
+    with file_lock(lock):  # never truncated
+        pass
+    assert lock.read_text() == "kept"

@@ -39,7 +39,6 @@ CELL_TIMEOUT = 600  # seconds; a lesson cell takes seconds to a minute
 PROGRESS_LINE = re.compile(r"^.*\d+%\|.*\|\s*\d+/\d+.*$|^\s*(HBox|VBox|FloatProgress|IntProgress)\(.*$")
 
 
-
 def reference_cpu_env(cpuinfo: str | os.PathLike = "/proc/cpuinfo", machine: str | None = None) -> dict[str, str]:
     """The instruction set the reference figures were computed with: AVX2, on an x86-64 CPU that has it.
 

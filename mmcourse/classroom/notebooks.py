@@ -30,6 +30,8 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
+from mmcourse._filelock import file_lock
+
 DEFAULT_CELL_TIMEOUT = 300  # seconds; a lesson cell takes seconds, a hang is caught
 
 
@@ -145,17 +147,8 @@ def kernel_start_lock(path: str | os.PathLike = KERNEL_START_LOCK):
     to kernel_info"; jupyter_client issue 487). A start takes a few seconds, so serialising them costs
     little. A no-op where `fcntl` does not exist (Windows).
     """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover
+    with file_lock(path):
         yield
-        return
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def execute_notebook(

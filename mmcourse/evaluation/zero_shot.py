@@ -118,9 +118,11 @@ def encode_texts(model: torch.nn.Module, tokenizer: Callable, texts: Sequence[st
     out = []
     for start in range(0, len(texts), batch_size):
         tokens = _tokenize(tokenizer, list(texts[start:start + batch_size]), device)
-        rows = torch.cat([v for v in tokens.values()], dim=1) if tokens["input_ids"].ndim == 2 else None
-        if rows is not None and len(unique := torch.unique(rows, dim=0)) < len(rows):
-            _, inverse = torch.unique(rows, dim=0, return_inverse=True)  # (B,) row -> its unique row
+        unique = inverse = None
+        if tokens["input_ids"].ndim == 2:  # (B, L); other shapes go to the model as given
+            rows = torch.cat(list(tokens.values()), dim=1)  # (B, L * fields): what the text tower reads
+            unique, inverse = torch.unique(rows, dim=0, return_inverse=True)  # (U, ...), (B,) row -> its unique row
+        if unique is not None and len(unique) < len(rows):
             first = torch.zeros(len(unique), dtype=torch.long, device=rows.device)
             first.scatter_reduce_(0, inverse, torch.arange(len(rows), device=rows.device), "amin", include_self=False)
             emb = model.encode_text(**{k: v[first] for k, v in tokens.items()}).float()[inverse]  # (B, D)

@@ -22,7 +22,6 @@ shipped fail with an error instead (the test suite's staleness check).
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -38,6 +37,7 @@ from mmcourse.models.clip import CLIP, CLIPConfig
 from mmcourse.training.types import History, TrainConfig
 from mmcourse.training.loop import fit
 from mmcourse.training.checkpoint import load_checkpoint, save_atomic
+from mmcourse._filelock import file_lock
 from mmcourse.utils import REFERENCE_THREADS, torch_threads
 
 
@@ -195,7 +195,7 @@ def _train_or_load(recipe: Recipe, cache, force: bool, callbacks: Sequence, devi
                    mode: str) -> TrainedModel:
     train_config = recipe.train_config
     path = recipe.path(cache)
-    with _exclusive(path.with_name(path.name + ".lock")):
+    with file_lock(path.with_name(path.name + ".lock")):
         partial = path.with_name(path.stem + ".partial.pt")
         torch.manual_seed(train_config.seed)  # the initial weights depend on the seed only
         model = recipe.build_model()
@@ -231,20 +231,3 @@ def clip_recipe(name: str, config: CLIPConfig, train_config: TrainConfig, make_l
                 data_key: Any, val_fn: Callable | None = None) -> Recipe:
     """A `Recipe` for the course's `CLIP` built from `config` (trained with the CLIP loss)."""
     return Recipe(name, lambda: CLIP(config), config, train_config, make_loader, data_key, val_fn=val_fn)
-
-
-@contextlib.contextmanager
-def _exclusive(lock_path: Path):
-    """An inter-process lock on `lock_path` (a no-op where fcntl does not exist, e.g. Windows)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover
-        yield
-        return
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

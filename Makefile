@@ -10,7 +10,7 @@ JOBS     ?= 2
 CPU_ONLY ?=
 PORT     ?= 8888
 TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
-PIP      := $(BIN)/python -m pip install --quiet --disable-pip-version-check --no-compile
+INSTALL  := $(BIN)/python scripts/install.py
 DOCTOR   := $(BIN)/python -m mmcourse.classroom.doctor
 
 .PHONY: lab test test-grader course weights doctor exercises check bench setup setup-dev clean help
@@ -67,12 +67,14 @@ $(BIN)/python:
 # CPU_ONLY=1: torch and torchvision from PyTorch's CPU index first; if that index cannot be reached, the
 # default wheels from PyPI are installed by the next line instead (never a half-installed pair).
 define install_cpu_torch
-	$(if $(CPU_ONLY),$(PIP) torch torchvision --index-url $(TORCH_CPU_INDEX) \
+	$(if $(CPU_ONLY),$(INSTALL) torch torchvision --index-url $(TORCH_CPU_INDEX) \
 	    || echo "make: $(TORCH_CPU_INDEX) cannot be reached; installing the default torch wheels from PyPI")
 endef
 
-# Byte code: pip would compile every file it installs, on one core (torch's alone take over a minute, and most are
-# never imported); `--no-compile` above leaves it to Python, which compiles a module the first time it is imported
+# Installing: scripts/install.py uses uv when it can (torch's wheels unpacked in parallel: ~30 s where pip takes
+# ~90 s on 2 cores), with pip's own constraints and mirrors, and pip otherwise (MMCOURSE_INSTALLER=pip: pip only).
+# Byte code: neither compiles the files it installs (torch's alone take over a minute on one core, and most are
+# never imported); that is left to Python, which compiles a module the first time it is imported
 # and keeps the result. Where the environment says not to keep it (PYTHONDONTWRITEBYTECODE, set on some CI
 # machines), every kernel would compile torch again (about 10 s of CPU each): the course's commands keep it.
 unexport PYTHONDONTWRITEBYTECODE
@@ -80,13 +82,13 @@ unexport PYTHONDONTWRITEBYTECODE
 # A stamp is written only after the doctor passes.
 $(VENV)/.runtime: pyproject.toml | $(BIN)/python
 	$(install_cpu_torch)
-	$(PIP) -e ".[pretrained]"
+	$(INSTALL) -e ".[pretrained]"
 	$(DOCTOR) --repair
 	touch $@
 
 $(VENV)/.dev: pyproject.toml | $(BIN)/python
 	$(install_cpu_torch)
-	$(PIP) -e ".[dev,pretrained]"
+	$(INSTALL) -e ".[dev,pretrained]"
 	$(DOCTOR) --repair
 	touch $@ $(VENV)/.runtime
 

@@ -161,13 +161,30 @@ def test_cider_on_the_issue_s_example_without_java():
 
 @needs_java
 @pytest.mark.slow
-def test_meteor_equals_pycocoevalcap_s_meteor_on_ptb_tokens():
-    from pycocoevalcap.meteor.meteor import Meteor
+def test_meteor_equals_pycocoevalcap_s_meteor_on_ptb_tokens(monkeypatch):
+    import pycocoevalcap.meteor.meteor as pycoco_meteor
 
-    ours = meteor(ISSUE_HYPS, ISSUE_REFS)
-    tokens = {i: [coco_tokenize(r) for r in rs] for i, rs in enumerate(ISSUE_REFS)}
-    scorer = Meteor()
-    score, scores = scorer.compute_score(tokens, {i: [coco_tokenize(h)] for i, h in enumerate(ISSUE_HYPS)})
+    # One METEOR JVM for both (loading its paraphrase table takes ~10 s of CPU): pycocoevalcap's scorer
+    # answers the reference call, then `meteor` gets the same scorer instead of starting its own.
+    scorer = pycoco_meteor.Meteor()
+    calls = []
+
+    class SameJVM:
+        def compute_score(self, gts, res):
+            calls.append(len(res))
+            return scorer.compute_score(gts, res)
+
+        def __del__(self):  # `meteor` stops its scorer when done; this one is stopped below
+            pass
+
+    try:
+        tokens = {i: [coco_tokenize(r) for r in rs] for i, rs in enumerate(ISSUE_REFS)}
+        score, scores = scorer.compute_score(tokens, {i: [coco_tokenize(h)] for i, h in enumerate(ISSUE_HYPS)})
+        monkeypatch.setattr(pycoco_meteor, "Meteor", SameJVM)
+        ours = meteor(ISSUE_HYPS, ISSUE_REFS)
+    finally:
+        scorer.__del__()
+    assert calls == [len(ISSUE_HYPS)], "meteor did not score through pycocoevalcap's Meteor"
     assert ours.tokenizer == "ptb-java" and ours.score == pytest.approx(score)
     assert ours.per_image.tolist() == pytest.approx(list(scores)) and 0 < ours.score < 1
 

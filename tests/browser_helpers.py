@@ -64,6 +64,9 @@ def browser_unavailable_reason() -> str | None:
     return None
 
 
+PORT_ATTEMPTS = 3  # a picked port lost to another process before the server binds it: try another
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -137,6 +140,20 @@ class LabServer:
             # checkpoints (written on open) go to the temporary folder, not next to the notebooks
             f"--FileCheckpoints.checkpoint_dir={self.workdir / 'checkpoints'}",
         ]
+        tried = []
+        for _ in range(PORT_ATTEMPTS):
+            if self._start_once(args, env):
+                return self
+            # The port was free when picked, but something else (a kernel the other test worker started)
+            # bound it before the server did: pick another.
+            tried.append(self.port)
+            self.port = free_port()
+            args = [f"--port={self.port}" if a.startswith("--port=") else a for a in args]
+        raise RuntimeError(f"JupyterLab found ports {tried} already in use each time it started; its log:\n"
+                           f"{self.log()[-3000:]}")
+
+    def _start_once(self, args, env) -> bool:
+        """Start the server and wait until it answers. False: it lost its port to another process."""
         self.log_file = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             args, cwd=REPO, env=env, stdout=self.log_file, stderr=subprocess.STDOUT,
@@ -147,12 +164,13 @@ class LabServer:
             if self.proc.poll() is not None:
                 code = self.proc.returncode
                 self.stop()
-                raise RuntimeError(
-                    f"JupyterLab exited with code {code} during start-up; its log:\n{self.log()[-3000:]}"
-                )
+                log = self.log()
+                if "already in use" in log:
+                    return False
+                raise RuntimeError(f"JupyterLab exited with code {code} during start-up; its log:\n{log[-3000:]}")
             try:
                 self.api("GET", "status", timeout=2)
-                return self
+                return True
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
                 time.sleep(0.25)
         self.stop()

@@ -1,7 +1,6 @@
 """Tests for mmcourse.objectives.distributed and the DDP entry point: 2 processes on gloo give the loss and
 every gradient of one process's full batch, and equal open_clip's ClipLoss / SigLipLoss."""
 import os
-import socket
 import subprocess
 import sys
 
@@ -19,10 +18,10 @@ WORLD = 2
 N_LOCAL, D = 4, 6
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _rendezvous(tmp_path) -> str:
+    """Where the spawned ranks meet: a file (a FileStore), not a TCP port picked here and bound later by rank 0,
+    which another process (a kernel starting in the other test worker) can take in between."""
+    return f"file://{tmp_path / 'rendezvous'}"
 
 
 def _full_inputs():
@@ -58,10 +57,9 @@ def _open_clip_loss():
     return module
 
 
-def _worker(rank, port):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _worker(rank, init_method):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=WORLD)
     try:
         oc = _open_clip_loss()
         ClipLoss, SigLipLoss = oc.ClipLoss, oc.SigLipLoss
@@ -126,8 +124,8 @@ def _worker(rank, port):
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_equal_one_process_and_open_clip():
-    mp.start_processes(_worker, args=(_free_port(),), nprocs=WORLD, start_method="spawn")
+def test_two_gloo_processes_equal_one_process_and_open_clip(tmp_path):
+    mp.start_processes(_worker, args=(_rendezvous(tmp_path),), nprocs=WORLD, start_method="spawn")
 
 
 def test_one_process_falls_back_to_the_single_device_losses():
@@ -145,13 +143,13 @@ def test_one_process_falls_back_to_the_single_device_losses():
 
 @pytest.mark.slow
 def test_torchrun_entry_point_equals_one_process(tmp_path):
-    """`torchrun --nproc_per_node 2 -m mmcourse.training.ddp` with the same fit: the first step's loss
+    """`torchrun --standalone --nproc_per_node 2 -m mmcourse.training.ddp` with the same fit: the first step's loss
     and every gradient equal one process on the two ranks' batches together."""
     from mmcourse.models import CLIP
     from mmcourse.training import clip_loss_fn
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MMCOURSE_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
            "-m", "mmcourse.training.ddp", "--steps", "1", "--batch-size", "16", "--check-dir", str(tmp_path),
            "--out", str(tmp_path / "history.json")]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
@@ -176,11 +174,10 @@ def test_torchrun_entry_point_equals_one_process(tmp_path):
 
 
 # ------------------------------------------------------------------ unequal local batches (2 and 3 ranks)
-def _unequal_worker(rank, sizes, port):
+def _unequal_worker(rank, sizes, init_method):
     world = len(sizes)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world)
     try:
         from mmcourse.data import PerProcessGenerator
         from mmcourse.objectives.distributed import gather_sizes
@@ -261,8 +258,8 @@ def _unequal_worker(rank, sizes, port):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sizes", [(4, 3), (4, 2, 3)])
-def test_unequal_local_batches_give_the_full_batch_loss_and_gradients(sizes):
+def test_unequal_local_batches_give_the_full_batch_loss_and_gradients(sizes, tmp_path):
     """2 and 3 gloo processes with unequal local batches: padding + mask in the exchange, each rank's
     share scaled by W / N, so the mean over ranks is the single-process loss of all pairs and the
     gradients are its gradients; a bad batch on one rank is a ValueError on every rank."""
-    mp.start_processes(_unequal_worker, args=(sizes, _free_port()), nprocs=len(sizes), start_method="spawn")
+    mp.start_processes(_unequal_worker, args=(sizes, _rendezvous(tmp_path)), nprocs=len(sizes), start_method="spawn")

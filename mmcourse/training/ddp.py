@@ -1,9 +1,9 @@
 """Train the digits CLIP on several processes with the course's one loop, `mmcourse.training.loop.fit`.
 
-Launch with PyTorch's launcher (one process per CPU core or GPU; add `--nnodes`,
-`--node_rank` and `--master_addr` for several machines)::
+Launch with PyTorch's launcher (one process per CPU core or GPU; `--standalone`: one machine, on a free
+port the launcher holds; for several machines, `--nnodes`, `--node_rank` and `--master_addr` instead)::
 
-    torchrun --nproc_per_node 2 -m mmcourse.training.ddp --epochs 3 --batch-size 64
+    torchrun --standalone --nproc_per_node 2 -m mmcourse.training.ddp --epochs 3 --batch-size 64
 
 Each process: joins the process group (`gloo` on CPU, `nccl` on CUDA), reads its share of the
 training set (`DistributedSampler`: rank r gets every W-th sample of one shuffled order),
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if "RANK" not in os.environ:
         parser.error("launch with torchrun (it sets RANK, WORLD_SIZE, MASTER_ADDR), e.g. "
-                     "torchrun --nproc_per_node 2 -m mmcourse.training.ddp")
+                     "torchrun --standalone --nproc_per_node 2 -m mmcourse.training.ddp")
 
     cuda = torch.cuda.is_available()
     dist.init_process_group("nccl" if cuda else "gloo")

@@ -5,7 +5,7 @@ Usage (the Makefile's setup):  .venv/bin/python scripts/install.py -e ".[dev,pre
 
 Why: pip unpacks torch's wheels (about 5.5 GB in the venv for the CUDA build PyPI serves on Linux) one file at a
 time, about 90 s on a 2-core machine; uv (a pip-compatible installer, itself installed from PyPI into the venv
-in a few seconds) unpacks them in parallel, about 30 s, the whole of `make test`'s setup on that machine.
+in a few seconds) unpacks them in parallel, about 30 s.
 
 uv does not read pip's configuration, so the settings that decide *which* versions are installed and *where*
 they come from are read from pip (`pip config list`, which includes the PIP_* environment variables) and passed
@@ -34,22 +34,25 @@ SETTINGS = {"constraint": "--constraint", "find-links": "--find-links",
 
 def pip_settings(config_list: str) -> dict[str, list[str]]:
     """Parse `pip config list` output (`global.constraint='/etc/pip/c.txt'`, `:env:.find-links='/opt/wheels'`)
-    into {key: [values]} for the keys in SETTINGS; a value may hold several, separated by whitespace. A key
-    set in several places (global, user, site, environment) keeps pip's order: the later file wins for
-    single-valued keys, so its values come last."""
-    found: dict[str, list[str]] = {}
+    into {key: [values]} for the keys in SETTINGS (a value may hold several, separated by whitespace).
+
+    pip has already merged its files (a key of one section appears once); what is left is pip's order among
+    sections: an environment variable (`:env:`) beats the `install` section, which beats `global`, and the
+    winner replaces the others (they are not added together). Other sections (`download`, ...) do not apply."""
+    rank = {"global": 0, "install": 1, ":env:": 2}
+    best: dict[str, tuple[int, list[str]]] = {}
     for line in config_list.splitlines():
         name, sep, value = line.partition("=")
-        key = name.rpartition(".")[2].strip()
-        if not sep or key not in SETTINGS:
+        section, _, key = name.strip().rpartition(".")
+        if not sep or key not in SETTINGS or section not in rank:
             continue
         try:
-            words = shlex.split(value)
+            values = [v for word in shlex.split(value) for v in word.split()]
         except ValueError:
             continue
-        values = [v for word in words for v in word.split()]
-        found[key] = values if key == "index-url" else [*found.get(key, []), *values]
-    return found
+        if key not in best or rank[section] >= best[key][0]:
+            best[key] = (rank[section], values)
+    return {key: values for key, (_, values) in best.items()}
 
 
 def _is_missing_local(location: str) -> bool:
@@ -69,11 +72,9 @@ def uv_options(settings: dict[str, list[str]], args: list[str]) -> list[str]:
     for key, flag in SETTINGS.items():
         if key == "index-url" and "--index-url" in args:
             continue
-        values = [v for v in settings.get(key, []) if not _is_missing_local(v)]
-        if key == "index-url":
-            values = values[-1:]
-        for value in values:
-            options += [flag, value]
+        for value in settings.get(key, []):
+            if not _is_missing_local(value):
+                options += [flag, value]
     return options
 
 

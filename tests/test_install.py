@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import stat
 import sys
 from pathlib import Path
@@ -15,16 +14,19 @@ _spec = importlib.util.spec_from_file_location("mmcourse_install_script", ROOT /
 install = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(install)
 
-# What `pip config list` printed on the reference machine (a torch cap, a local wheel folder, two local indexes
-# that do not exist there), plus a user file's index.
+# What `pip config list` printed on the reference machine (a torch cap, a local wheel folder set both in a file
+# and in PIP_FIND_LINKS, two local indexes that do not exist there), plus an `install` section's index that
+# overrides the global one, and a section that does not apply to installing.
 CONFIG = """:env:.cert='/etc/ssl/certs/ca-certificates.crt'
 :env:.default-timeout='180'
 :env:.find-links='{wheels}'
 global.cert='/etc/ssl/certs/ca-certificates.crt'
 global.constraint='{constraint}'
 global.extra-index-url='file:///nonexistent/pypi/simple https://mirror.example/simple'
-global.find-links='{wheels}'
-user.index-url='https://pypi.example/simple'
+global.find-links='/elsewhere/wheels'
+global.index-url='https://global.example/simple'
+install.index-url='https://pypi.example/simple'
+download.constraint='/download/only.txt'
 """
 
 
@@ -40,7 +42,7 @@ def config(tmp_path):
 def test_pip_settings_reads_the_keys_that_choose_versions_and_sources(config):
     text, wheels, constraint = config
     assert install.pip_settings(text) == {
-        "find-links": [str(wheels), str(wheels)], "constraint": [str(constraint)],
+        "find-links": [str(wheels)], "constraint": [str(constraint)],
         "extra-index-url": ["file:///nonexistent/pypi/simple", "https://mirror.example/simple"],
         "index-url": ["https://pypi.example/simple"]}
     assert install.pip_settings("") == {}
@@ -51,7 +53,7 @@ def test_uv_gets_pip_s_constraints_and_mirrors_but_not_missing_ones(config):
     text, wheels, constraint = config
     options = install.uv_options(install.pip_settings(text), ["-e", ".[dev]"])
     assert options == ["--index-strategy", "unsafe-best-match", "--constraint", str(constraint),
-                       "--find-links", str(wheels), "--find-links", str(wheels),
+                       "--find-links", str(wheels),
                        "--extra-index-url", "https://mirror.example/simple",
                        "--index-url", "https://pypi.example/simple"]
     # an index given on the command line (CPU_ONLY's) takes the place of pip's
@@ -122,5 +124,4 @@ def test_pip_installs_when_uv_cannot_be_had_or_fails(tmp_path, monkeypatch, caps
 def test_the_makefile_installs_through_it():
     makefile = (ROOT / "Makefile").read_text()
     assert "INSTALL  := $(BIN)/python scripts/install.py" in makefile
-    assert "pip install" not in makefile.replace("pip install uv", "")
-    assert os.access(ROOT / "scripts" / "install.py", os.R_OK)
+    assert "pip install" not in makefile
